@@ -1,0 +1,5 @@
+import sys
+
+from dltips.cli import main
+
+sys.exit(main())

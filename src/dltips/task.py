@@ -1,0 +1,273 @@
+"""Task: what a user hands to dltips (model, data, loss, kind), validated when built.
+
+Validation runs the model once, in eval mode and without gradients, on two
+training items, so a shape or dtype mistake is reported here with the expected
+shape instead of as a deep traceback in the middle of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
+
+KINDS = ("classification", "binary", "multilabel", "regression", "language-model")
+IGNORE_INDEX = -100  # targets equal to this are not counted (torch's cross_entropy default)
+_SCAN_ITEMS = 256  # items per dataset whose labels are checked when labels are not one tensor
+
+
+class TaskError(ValueError):
+    """A Task field is wrong: the message names the field, what was found and what was expected."""
+
+    def __init__(self, field: str, found: str, expected: str):
+        self.field = field
+        super().__init__(f"Task.{field}: found {found}; expected {expected}.")
+
+
+@dataclass
+class Task:
+    """A model and its data: everything dltips needs to check or train it.
+
+    Items of `train`, `valid` and `test` are `(x, y)` pairs, with `x` a tensor
+    (or a dict of tensors, handed to the model as one argument) and `y` a tensor
+    or a number. `n_classes` is the number of classes (the vocabulary size for a
+    language model); left as None it is read from the model's output.
+    """
+
+    model: nn.Module
+    train: Dataset
+    valid: Dataset
+    test: Dataset | None = None
+    kind: str = "classification"
+    n_classes: int | None = None
+    loss: Callable | None = None
+    batch_size: int = 64
+    optimizer: Callable | None = None
+    augment: Callable | None = None
+    name: str = "task"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raise TaskError on the first that is wrong."""
+        if not isinstance(self.model, nn.Module):
+            raise TaskError("model", type(self.model).__name__, "a torch.nn.Module")
+        if self.kind not in KINDS:
+            raise TaskError("kind", repr(self.kind), f"one of {', '.join(KINDS)}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise TaskError("batch_size", repr(self.batch_size), "a positive int")
+        if not isinstance(self.name, str) or not self.name:
+            raise TaskError("name", repr(self.name), "a non-empty string")
+        for field in ("loss", "optimizer", "augment"):
+            value = getattr(self, field)
+            if value is not None and not callable(value):
+                raise TaskError(field, type(value).__name__, "a callable or None")
+        if self.n_classes is not None and (not isinstance(self.n_classes, int) or self.n_classes < 1):
+            raise TaskError("n_classes", repr(self.n_classes), "a positive int or None")
+        for split in ("train", "valid", "test"):
+            if split != "test" or self.test is not None:
+                _check_items(split, getattr(self, split))
+        x, y = _first_batch(self.train)
+        output = _run_model(self.model, x)
+        if self.n_classes is None:
+            self.n_classes = _infer_n_classes(self.kind, output)
+        check_output(self.kind, self.n_classes, output, y)
+        for split in ("train", "valid", "test"):
+            if split != "test" or self.test is not None:
+                _check_labels(split, getattr(self, split), self.kind, self.n_classes)
+        _check_loss(self.loss_fn, output, y)
+
+    @property
+    def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The Task's loss, or the default for its kind (a mean over items)."""
+        return self.loss if self.loss is not None else DEFAULT_LOSSES[self.kind]
+
+    def make_optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        """The Task's optimizer for `model`, or AdamW at `lr` (default: `default_lr(model)`)."""
+        if self.optimizer is not None:
+            return self.optimizer(model.parameters())
+        from dltips.training.lr import default_lr
+
+        return torch.optim.AdamW(model.parameters(), lr=lr if lr is not None else default_lr(model))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n_classes": self.n_classes,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "n_train": len(self.train),
+            "n_valid": len(self.valid),
+            "n_test": len(self.test) if self.test is not None else 0,
+        }
+
+
+# Default losses per kind: each returns the mean over items (tokens for a language model).
+
+
+def classification_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output, target)
+
+
+def binary_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(output.reshape(target.shape), target.float())
+
+
+def multilabel_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(output, target.float())
+
+
+def regression_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(output.reshape(target.shape), target.float())
+
+
+def language_model_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output.flatten(0, -2), target.flatten(), ignore_index=IGNORE_INDEX)
+
+
+DEFAULT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "classification": classification_loss,
+    "binary": binary_loss,
+    "multilabel": multilabel_loss,
+    "regression": regression_loss,
+    "language-model": language_model_loss,
+}
+
+
+def count_items(kind: str, target: torch.Tensor) -> int | torch.Tensor:
+    """How many items a batch's mean loss averages over: tokens for a language model, else rows.
+
+    For a language model the count is a 0-d tensor (kept on the device, no host sync).
+    """
+    if kind == "language-model":
+        return (target != IGNORE_INDEX).sum()
+    return len(target)
+
+
+def check_output(kind: str, n_classes: int | None, output: Any, target: torch.Tensor) -> None:
+    """Raise TaskError unless the model's `output` on a batch fits `target` for this kind."""
+    if not isinstance(output, torch.Tensor):
+        raise TaskError("model", f"an output of type {type(output).__name__}", "a tensor of logits or values")
+    n = len(target)
+    shape, tshape = tuple(output.shape), tuple(target.shape)
+    if output.dim() == 0 or output.shape[0] != n:
+        raise TaskError("model", f"output shape {shape} for a batch of {n}", f"a first dimension of {n}")
+    if not output.is_floating_point():
+        raise TaskError("model", f"output dtype {output.dtype}", "a floating-point output")
+    if kind == "classification":
+        expected = (n, n_classes, *tshape[1:])
+        if shape != expected:
+            raise TaskError("model", f"output shape {shape} for targets of shape {tshape}",
+                            f"{expected}: one logit per class (n_classes={n_classes})")
+    elif kind == "binary":
+        if shape not in ((n,), (n, 1)):
+            raise TaskError("model", f"output shape {shape}", f"({n},) or ({n}, 1): one logit per item")
+    elif kind == "multilabel":
+        if shape != tshape:
+            raise TaskError("model", f"output shape {shape} for targets of shape {tshape}",
+                            f"{tshape}: one logit per label")
+    elif kind == "regression":
+        if output[0].numel() != target[0].numel():
+            raise TaskError("model", f"output shape {shape} for targets of shape {tshape}",
+                            f"{tshape}: one value per target")
+    elif kind == "language-model":
+        expected = (*tshape, n_classes)
+        if shape != expected:
+            raise TaskError("model", f"output shape {shape} for targets of shape {tshape}",
+                            f"{expected}: (batch, tokens, vocabulary) logits with n_classes={n_classes}")
+
+
+def _check_items(split: str, data: Any) -> None:
+    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise TaskError(split, type(data).__name__, "a map-style Dataset with __len__ and __getitem__")
+    if len(data) == 0:
+        raise TaskError(split, "an empty dataset", "at least one (x, y) item")
+    item = data[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        found = f"a {len(item)}-tuple" if isinstance(item, (tuple, list)) else type(item).__name__
+        raise TaskError(split, f"items of the form {found}", "(x, y) pairs")
+    x, y = item
+    if isinstance(x, dict):
+        if not all(isinstance(v, torch.Tensor) for v in x.values()):
+            raise TaskError(split, "an input dict with non-tensor values", "x a tensor or a dict of tensors")
+    elif not isinstance(x, torch.Tensor):
+        raise TaskError(split, f"inputs of type {type(x).__name__}", "x a tensor or a dict of tensors")
+    if not isinstance(y, (torch.Tensor, int, float)):
+        raise TaskError(split, f"targets of type {type(y).__name__}", "y a tensor, an int or a float")
+
+
+def _first_batch(data: Dataset) -> tuple[Any, torch.Tensor]:
+    items = [data[i] for i in range(min(2, len(data)))]
+    x, y = default_collate(items)
+    return x, y
+
+
+def _run_model(model: nn.Module, x: Any) -> Any:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = x.to(device) if isinstance(x, torch.Tensor) else {k: v.to(device) for k, v in x.items()}
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics updated, no dropout randomness drawn
+    try:
+        with torch.no_grad():
+            return model(x)
+    except Exception as e:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else {k: tuple(v.shape) for k, v in x.items()}
+        raise TaskError("model", f"an error on a training batch of shape {shape}: {e}",
+                        "a model that accepts the training inputs") from e
+    finally:
+        model.train(was_training)
+
+
+def _infer_n_classes(kind: str, output: Any) -> int | None:
+    if not isinstance(output, torch.Tensor) or output.dim() < 2:
+        return 2 if kind == "binary" else None
+    if kind == "classification":
+        return output.shape[1]
+    if kind == "language-model":
+        return output.shape[-1]
+    if kind == "multilabel":
+        return output.shape[1]
+    if kind == "binary":
+        return 2
+    return None
+
+
+def _labels_to_check(data: Dataset) -> torch.Tensor:
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        return data.tensors[1]
+    n = min(len(data), _SCAN_ITEMS)
+    return torch.stack([torch.as_tensor(data[i][1]) for i in range(n)])
+
+
+def _check_labels(split: str, data: Dataset, kind: str, n_classes: int | None) -> None:
+    y = _labels_to_check(data)
+    if kind in ("classification", "language-model"):
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TaskError(split, f"labels of dtype {y.dtype}", "integer class ids (torch.long)")
+        valid = y[y != IGNORE_INDEX] if kind == "language-model" else y
+        if valid.numel() and (valid.min() < 0 or valid.max() >= n_classes):
+            raise TaskError(split, f"labels from {int(valid.min())} to {int(valid.max())}",
+                            f"class ids in [0, {n_classes - 1}] for n_classes={n_classes}")
+    elif kind in ("binary", "multilabel"):
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise TaskError(split, "labels other than 0 and 1", f"0/1 labels for kind={kind!r}")
+    elif kind == "regression":
+        if not bool(torch.isfinite(y.double()).all()):
+            raise TaskError(split, "non-finite regression targets", "finite numbers")
+
+
+def _check_loss(loss_fn: Callable, output: torch.Tensor, target: torch.Tensor) -> None:
+    try:
+        value = loss_fn(output, target.to(output.device))
+    except Exception as e:
+        raise TaskError("loss", f"an error on the model's output of shape {tuple(output.shape)}: {e}",
+                        "a loss(output, target) that accepts the model's output") from e
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TaskError("loss", f"a loss value of {found}", "a scalar tensor (reduce with a mean)")

@@ -1,0 +1,73 @@
+"""Callbacks: how monitors, checks and progress displays plug into `dltips.fit`.
+
+A callback overrides any of the event methods; each receives the live
+`FitState` (model, optimizer, step, epoch, last loss, history). Setting
+`state.stop = True` ends training after the current step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from dltips.training.fit import FitState
+
+
+class Callback:
+    """Base class: every event is a no-op until overridden."""
+
+    def on_fit_start(self, state: FitState) -> None: ...
+
+    def on_epoch_start(self, state: FitState) -> None: ...
+
+    def on_step_end(self, state: FitState) -> None:
+        """After each optimizer step (once per accumulation window)."""
+
+    def on_sync(self, state: FitState) -> None:
+        """After the loop synchronised with the device (`state.train_loss` is fresh)."""
+
+    def on_eval_end(self, state: FitState, metrics: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, state: FitState) -> None: ...
+
+    def on_fit_end(self, state: FitState) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A one-line progress display on a terminal; one line per epoch otherwise.
+
+    Only the process of rank 0 prints.
+    """
+
+    def __init__(self, stream: TextIO | None = None, min_interval_s: float = 0.2):
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval_s = min_interval_s
+        self._last_print = 0.0
+
+    @property
+    def _live(self) -> bool:
+        return self.stream.isatty()
+
+    def on_sync(self, state: FitState) -> None:
+        now = time.monotonic()
+        if state.rank != 0 or not self._live or now - self._last_print < self.min_interval_s:
+            return
+        self._last_print = now
+        width = 24
+        done = int(width * state.step / max(state.total_steps, 1))
+        bar = "#" * done + "-" * (width - done)
+        self.stream.write(
+            f"\repoch {state.epoch + 1}/{state.epochs} [{bar}] step {state.step}/{state.total_steps}"
+            f" loss {state.train_loss:.4f}  "
+        )
+        self.stream.flush()
+
+    def on_eval_end(self, state: FitState, metrics: dict[str, float]) -> None:
+        if state.rank != 0:
+            return
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        prefix = "\r" if self._live else ""
+        self.stream.write(f"{prefix}epoch {state.epoch + 1}/{state.epochs}  train_loss {state.train_loss:.4g}  {shown}\n")
+        self.stream.flush()

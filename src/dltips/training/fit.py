@@ -1,0 +1,461 @@
+"""The training loop: `dltips.fit(task, epochs)` with the recommended recipe.
+
+One readable loop built from the parts a user can also take alone: AdamW at
+`default_lr`, the `OneCycle` schedule, optional `Mixup`, `MixedPrecision`,
+exact `GradientAccumulator` windows and gradient clipping. Callbacks plug in
+without editing the loop. Checkpoints are written atomically and a resumed run
+ends with exactly the weights of an uninterrupted one. Under `torchrun` it
+trains with DistributedDataParallel, reduces metrics across ranks, and only
+rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dltips.io import atomic_write
+from dltips.task import Task, count_items
+from dltips.training.accumulate import GradientAccumulator
+from dltips.training.callbacks import Callback, ProgressBar
+from dltips.training.lr import get_rng_state, set_rng_state
+from dltips.training.mixup import Mixup
+from dltips.training.precision import MixedPrecision
+from dltips.training.schedule import OneCycle
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the message gives the step."""
+
+
+@dataclass
+class Recipe:
+    """How `fit` trains. The defaults are the recommended recipe.
+
+    lr: peak learning rate; None means `default_lr(model)` for the default
+        AdamW, or the learning rate of the Task's own optimizer.
+    one_cycle: use the OneCycle schedule (else a constant learning rate).
+    mixup: Mixup's alpha; None turns mixup off.
+    precision: "off", "bf16" or "fp16".
+    accumulate: micro-batches per optimizer step.
+    max_grad_norm: clip the gradient norm of each step; None turns clipping off.
+    """
+
+    lr: float | None = None
+    one_cycle: bool = True
+    pct_start: float = 0.25
+    mixup: float | None = None
+    precision: str = "off"
+    accumulate: int = 1
+    max_grad_norm: float | None = None
+
+
+@dataclass
+class FitState:
+    """What callbacks see while `fit` runs."""
+
+    task: Task
+    model: nn.Module  # the model being trained (DDP-wrapped under torch.distributed)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    epochs: int
+    total_steps: int
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    batch: int = 0  # next batch of the epoch
+    step: int = 0  # optimizer steps taken
+    loss: torch.Tensor | None = None  # the last micro-batch's mean loss, on the device
+    train_loss: float = math.nan  # mean training loss of the epoch so far, at the last sync
+    history: list[dict[str, float]] = field(default_factory=list)
+    stop: bool = False
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one row per epoch: epoch, step, train_loss, valid metrics
+    steps: int
+    duration_s: float
+    skipped_steps: int  # fp16 steps skipped for overflowing gradients
+
+
+class ShardedSampler(Sampler[int]):
+    """A fixed order per (seed, epoch), split across ranks, that can start mid-epoch.
+
+    Shards as torch's DistributedSampler does: the order is padded by repeating
+    its start to a multiple of `world_size`, and rank r takes every
+    `world_size`-th index from r. `set_epoch(epoch, start)` skips the first
+    `start` indices of this rank's shard, which is how a resumed run continues
+    the epoch it was stopped in.
+    """
+
+    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def shard(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        if self.pad and self.n % self.world_size:
+            order += order[: self.world_size - self.n % self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.shard()[self.start :])
+
+    def __len__(self) -> int:
+        return len(self.shard()) - self.start
+
+
+def fit(
+    task: Task,
+    epochs: int = 1,
+    recipe: Recipe | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    max_steps: int | None = None,
+    device: str | torch.device = "auto",
+    seed: int | None = 0,
+    progress: bool = True,
+    sync_every: int = 16,
+) -> FitResult:
+    """Train `task.model` in place for `epochs` epochs and return the history.
+
+    With `checkpoint_dir`, a checkpoint is written after every epoch and every
+    `checkpoint_every` optimizer steps, and a run started with an existing
+    checkpoint there resumes from it. `max_steps` ends training early (the
+    schedule then spans `max_steps`). `seed` seeds torch, numpy and random on
+    every rank (offset by the rank); None leaves the random state alone. The
+    loop reads values from the device only every `sync_every` steps, at the end
+    of an epoch and before a checkpoint; a non-finite loss raises
+    NonFiniteLossError naming the step where it first appeared.
+    """
+    recipe = recipe if recipe is not None else Recipe()
+    _check_fit_args(epochs, recipe, checkpoint_every, max_steps, sync_every)
+    task.validate()
+    rank, world_size, owns_group = _init_distributed()
+    device = _resolve_device(device, rank)
+    if seed is not None:
+        _seed_everything(seed + rank)
+
+    model = task.model.to(device)
+    optimizer = task.make_optimizer(model, recipe.lr)
+    if recipe.lr is not None and task.optimizer is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr
+    train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world_size > 1 else model
+
+    sampler = ShardedSampler(len(task.train), shuffle=True, seed=0 if seed is None else seed,
+                             rank=rank, world_size=world_size)
+    drop_last = len(sampler) >= task.batch_size  # no batch of one for BatchNorm; equal noise every step
+    batches_per_epoch = len(sampler) // task.batch_size if drop_last else 1
+    steps_per_epoch = math.ceil(batches_per_epoch / recipe.accumulate)
+    total_steps = epochs * steps_per_epoch if max_steps is None else min(epochs * steps_per_epoch, max_steps)
+    scheduler = OneCycle(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2),
+                         pct_start=recipe.pct_start) if recipe.one_cycle else None
+    precision = MixedPrecision(recipe.precision, device_type=device.type)
+    accumulator = GradientAccumulator(train_model, optimizer, recipe.accumulate, precision, recipe.max_grad_norm)
+    mixup = _make_mixup(task, recipe.mixup)
+    loss_fn = task.loss_fn
+
+    state = FitState(task, train_model, optimizer, scheduler, epochs, total_steps, device, rank, world_size)
+    callbacks = [*callbacks, ProgressBar()] if progress else list(callbacks)
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    loss_sum, item_count = torch.zeros((), device=device), torch.zeros((), device=device)
+    if checkpoint is not None and checkpoint.exists():
+        loss_sum, item_count = _load_checkpoint(checkpoint, state, model, precision)
+    first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
+
+    def sync() -> None:
+        """Read the device once: the epoch's mean loss, and whether any loss was non-finite (on any rank)."""
+        totals, bad = torch.stack([loss_sum, item_count]), first_bad_step.clone()
+        if world_size > 1:
+            dist.all_reduce(totals)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        total_loss, total_items = totals.tolist()
+        bad = int(bad)
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite at step {bad} (epoch {state.epoch + 1}); training "
+                "stopped. A loss that explodes usually means a learning rate that is too high or a bad "
+                "initialisation: see `dltips tips initialization` and `dltips tips update-ratio`, and check "
+                "the inputs for NaN values."
+            )
+        state.train_loss = total_loss / total_items if total_items > 0 else math.nan
+        for cb in callbacks:
+            cb.on_sync(state)
+
+    start = time.perf_counter()
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    try:
+        while state.epoch < epochs and not state.stop:
+            sampler.set_epoch(state.epoch, start=state.batch * task.batch_size)
+            # A private generator: making the iterator must not draw from the global RNG, or a resumed
+            # epoch would draw once more than the uninterrupted one.
+            loader = DataLoader(task.train, batch_size=task.batch_size, sampler=sampler, drop_last=drop_last,
+                                generator=torch.Generator())
+            train_model.train()
+            for cb in callbacks:
+                cb.on_epoch_start(state)
+            for x, y in loader:
+                x, y = _to_device(x, device), y.to(device, non_blocking=True)
+                if task.augment is not None:
+                    x = task.augment(x)
+                n = count_items(task.kind, y)
+                target = y
+                if mixup is not None:
+                    x, target = mixup(x, y)
+                last = state.batch == batches_per_epoch - 1
+                with accumulator.micro_batch(n_items=n, last=last):
+                    with precision.autocast():
+                        loss = loss_fn(train_model(x), target)
+                    accumulator.backward(loss * n)
+                loss = loss.detach().float()
+                first_bad_step.masked_fill_((first_bad_step < 0) & ~torch.isfinite(loss), state.step + 1)
+                loss_sum += loss * n
+                item_count += n
+                state.loss = loss
+                state.batch += 1
+                if not accumulator.stepped:
+                    continue
+                state.step += 1
+                if scheduler is not None:
+                    scheduler.step()
+                for cb in callbacks:
+                    cb.on_step_end(state)
+                if state.step % sync_every == 0:
+                    sync()
+                if max_steps is not None and state.step >= max_steps:
+                    state.stop = True
+                if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0 and not last:
+                    sync()
+                    _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
+                if state.stop:
+                    break
+            sync()
+            metrics = evaluate(train_model, task, task.valid, device=device, precision=precision)
+            for cb in callbacks:
+                cb.on_eval_end(state, metrics)
+            state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": state.train_loss, **metrics})
+            for cb in callbacks:
+                cb.on_epoch_end(state)
+            state.epoch, state.batch = state.epoch + 1, 0
+            loss_sum.zero_()
+            item_count.zero_()
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
+        for cb in callbacks:
+            cb.on_fit_end(state)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+    return FitResult(state.history, state.step, time.perf_counter() - start, precision.skipped_steps)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    data: Dataset,
+    *,
+    device: torch.device | str | None = None,
+    precision: MixedPrecision | None = None,
+) -> dict[str, float]:
+    """Loss and the kind's metrics on `data`, over all ranks when distributed.
+
+    classification, binary, multilabel: loss, accuracy; regression: loss, rmse,
+    mae; language model: loss, perplexity, accuracy (next token).
+    """
+    if isinstance(model, DistributedDataParallel):
+        model = model.module  # ranks may run different numbers of batches: no collectives in forward
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    sampler = ShardedSampler(len(data), shuffle=False, rank=rank, world_size=world_size, pad=False)
+    loader = DataLoader(data, batch_size=task.batch_size, sampler=sampler)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    for x, y in loader:
+        x, y = _to_device(x, device), y.to(device)
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
+            output = model(x)
+            loss = task.loss_fn(output, y)
+        for name, value in _metric_sums(task.kind, output.float(), y, loss.float()).items():
+            sums[name] = sums.get(name, 0) + value.double()
+    model.train(was_training)
+    names = ["items", "loss", "correct", "labels", "abs_error", "sq_error", "values"]
+    totals = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=device) for k in names])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    total = dict(zip(names, totals.tolist()))
+    return _metrics_from_sums(task.kind, total)
+
+
+def _metric_sums(kind: str, output: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    n = count_items(kind, y)
+    sums = {"items": torch.as_tensor(n), "loss": loss * n}
+    if kind == "classification":
+        sums["correct"] = (output.argmax(1) == y).sum()
+        sums["labels"] = torch.as_tensor(y.numel())
+    elif kind == "language-model":
+        counted = y != -100
+        sums["correct"] = ((output.argmax(-1) == y) & counted).sum()
+        sums["labels"] = counted.sum()
+    elif kind == "binary":
+        sums["correct"] = ((output.reshape(y.shape) > 0) == (y > 0.5)).sum()
+        sums["labels"] = torch.as_tensor(y.numel())
+    elif kind == "multilabel":
+        sums["correct"] = ((output > 0) == (y > 0.5)).sum()
+        sums["labels"] = torch.as_tensor(y.numel())
+    elif kind == "regression":
+        error = output.reshape(y.shape) - y.float()
+        sums["abs_error"] = error.abs().sum()
+        sums["sq_error"] = error.pow(2).sum()
+        sums["values"] = torch.as_tensor(y.numel())
+    return sums
+
+
+def _metrics_from_sums(kind: str, total: dict[str, float]) -> dict[str, float]:
+    metrics = {"valid_loss": total["loss"] / total["items"]}
+    if kind == "regression":
+        metrics["valid_rmse"] = math.sqrt(total["sq_error"] / total["values"])
+        metrics["valid_mae"] = total["abs_error"] / total["values"]
+    else:
+        metrics["valid_accuracy"] = total["correct"] / total["labels"]
+    if kind == "language-model":
+        metrics["valid_perplexity"] = math.exp(min(metrics["valid_loss"], 700.0))
+    return metrics
+
+
+def _check_fit_args(epochs: int, recipe: Recipe, checkpoint_every: int | None, max_steps: int | None,
+                    sync_every: int) -> None:
+    for name, value, allow_none in (("epochs", epochs, False), ("checkpoint_every", checkpoint_every, True),
+                                    ("max_steps", max_steps, True), ("sync_every", sync_every, False),
+                                    ("recipe.accumulate", recipe.accumulate, False)):
+        if value is None and allow_none:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+    if recipe.lr is not None and not recipe.lr > 0:
+        raise ValueError(f"recipe.lr must be positive or None, got {recipe.lr!r}")
+
+
+def _make_mixup(task: Task, alpha: float | None) -> Mixup | None:
+    if alpha is None:
+        return None
+    if task.kind == "language-model":
+        raise ValueError("recipe.mixup is not defined for language models (tokens cannot be blended); use None")
+    return Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None)
+
+
+def _init_distributed() -> tuple[int, int, bool]:
+    """Join the process group that torchrun describes; returns (rank, world size, created here)."""
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size(), True
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    return 0, 1, False
+
+
+def _resolve_device(device: str | torch.device, rank: int) -> torch.device:
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu' or 'auto'")
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+def _save_checkpoint(path: Path, state: FitState, model: nn.Module, precision: MixedPrecision,
+                     loss_sum: torch.Tensor, item_count: torch.Tensor) -> None:
+    """Write the whole training state (rank 0 only) so that a resumed run is bit-identical."""
+    rng = get_rng_state()
+    rngs = [None] * state.world_size
+    if state.world_size > 1:
+        dist.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
+    if state.rank == 0:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+            "precision": precision.state_dict(),
+            "rng": rngs,
+            "epoch": state.epoch,
+            "batch": state.batch,
+            "step": state.step,
+            "history": state.history,
+            "loss_sum": loss_sum.cpu(),
+            "item_count": item_count.cpu(),
+            "world_size": state.world_size,
+            "total_steps": state.total_steps,
+        }
+        atomic_write(path, lambda f: torch.save(payload, f))
+    if state.world_size > 1:
+        dist.barrier()
+
+
+def _load_checkpoint(path: Path, state: FitState, model: nn.Module,
+                     precision: MixedPrecision) -> tuple[torch.Tensor, torch.Tensor]:
+    payload = torch.load(path, map_location=state.device, weights_only=False)
+    if payload["world_size"] != state.world_size:
+        raise ValueError(f"checkpoint {path} was written by {payload['world_size']} processes; "
+                         f"resume it with the same number (this run has {state.world_size})")
+    if payload["total_steps"] != state.total_steps:
+        raise ValueError(f"checkpoint {path} belongs to a run of {payload['total_steps']} optimizer steps; this run "
+                         f"has {state.total_steps}. Resume with the same epochs, max_steps, batch size and "
+                         "accumulation, or start from another checkpoint_dir")
+    model.load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    if state.scheduler is not None and payload["scheduler"] is not None:
+        state.scheduler.load_state_dict(payload["scheduler"])
+    precision.load_state_dict(payload["precision"])
+    set_rng_state(payload["rng"][state.rank])
+    state.epoch, state.batch, state.step = payload["epoch"], payload["batch"], payload["step"]
+    state.history = payload["history"]
+    return payload["loss_sum"].to(state.device), payload["item_count"].to(state.device)
