@@ -57,3 +57,13 @@ def test_cli_lists_shows_and_rejects(capsys):
     err = capsys.readouterr().err
     assert "no-such-tip" in err and "gradient-accumulation" in err
     assert main([]) == 2
+
+
+def test_python_dash_m_entry_point_exit_codes():
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "dltips", "tips", "mixup"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "dltips.Mixup" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "dltips", "tips", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "valid ids" in bad.stderr.lower()
