@@ -130,6 +130,32 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path):
         assert torch.equal(a, b)
 
 
+class SetStop(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, state):
+        state.stop = state.stop or state.step == self.step
+
+
+def test_a_stopped_run_resumes_mid_epoch_and_max_steps_is_final(tmp_path):
+    reference = make_task()
+    fit(reference, epochs=2, progress=False)
+    stopped = make_task()
+    first = fit(stopped, epochs=2, checkpoint_dir=tmp_path, callbacks=[SetStop(20)], progress=False)
+    assert first.steps == 20 and len(first.history) == 2  # the partial second epoch is evaluated too
+    resumed = make_task(seed=5)
+    result = fit(resumed, epochs=2, checkpoint_dir=tmp_path, progress=False)
+    assert result.steps == 30 and [row["epoch"] for row in result.history] == [1, 2]
+    for a, b in zip(weights(resumed.model), weights(reference.model)):
+        assert torch.equal(a, b)
+
+    capped = tmp_path / "capped"
+    assert fit(make_task(), epochs=2, max_steps=7, checkpoint_dir=capped, progress=False).steps == 7
+    again = fit(make_task(), epochs=2, max_steps=7, checkpoint_dir=capped, progress=False)
+    assert again.steps == 7  # nothing left to train, and no step past the schedule
+
+
 @pytest.mark.slow
 def test_resume_after_the_process_is_killed(tmp_path):
     script = textwrap.dedent(f"""

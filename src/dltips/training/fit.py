@@ -209,6 +209,7 @@ def fit(
         for cb in callbacks:
             cb.on_sync(state)
 
+    state.stop = max_steps is not None and state.step >= max_steps  # resumed after its last step
     start = time.perf_counter()
     for cb in callbacks:
         cb.on_fit_start(state)
@@ -258,12 +259,17 @@ def fit(
                 if state.stop:
                     break
             sync()
+            stopped_mid_epoch = state.batch < batches_per_epoch
+            if checkpoint is not None and stopped_mid_epoch:  # a resumed run finishes this epoch
+                _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
             metrics = evaluate(train_model, task, task.valid, device=device, precision=precision)
             for cb in callbacks:
                 cb.on_eval_end(state, metrics)
             state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": state.train_loss, **metrics})
             for cb in callbacks:
                 cb.on_epoch_end(state)
+            if stopped_mid_epoch:
+                break
             state.epoch, state.batch = state.epoch + 1, 0
             loss_sum.zero_()
             item_count.zero_()

@@ -228,7 +228,7 @@ def amp_plan(
 ) -> AmpPlan:
     """Measure how much memory autocast saves and propose a bigger batch to match.
 
-    sample_batch is a tensor (or dict of tensors, passed as keywords) fed to
+    sample_batch is a tensor (or a dict of tensors, passed as one argument as in a Task) fed to
     the model, or a tuple (inputs, target). The loss is loss_fn(out, target),
     loss_fn(out) without a target, or out.float().mean() without a loss_fn;
     the saved activations, and so the memory, hardly depend on which.
@@ -293,7 +293,7 @@ def _peak_pass_bytes(
             before = torch.cuda.memory_allocated(device)
             ctx = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
             with ctx:
-                out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+                out = model(inputs)
                 if loss_fn is None:
                     loss = _first_tensor(out).float().mean()
                 elif target is None:
