@@ -67,3 +67,17 @@ def test_python_dash_m_entry_point_exit_codes():
     assert ok.returncode == 0 and "dltips.Mixup" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "dltips", "tips", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "valid ids" in bad.stderr.lower()
+
+
+def test_the_catalog_cli_does_not_import_torch_and_every_public_name_resolves():
+    import subprocess
+    import sys
+
+    import dltips
+
+    code = "import sys; from dltips.cli import main; main(['tips']); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    for name in dltips.__all__:
+        assert getattr(dltips, name) is not None
+    with pytest.raises(AttributeError, match="no_such_name"):
+        dltips.no_such_name
