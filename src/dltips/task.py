@@ -140,6 +140,17 @@ DEFAULT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
 }
 
 
+def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """Move a batch input (a tensor, or a dict, list or tuple of them) to `device`."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=non_blocking)
+    if isinstance(x, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device, non_blocking) for v in x)
+    return x
+
+
 def count_items(kind: str, target: torch.Tensor) -> int | torch.Tensor:
     """How many items a batch's mean loss averages over: tokens for a language model, else rows.
 
@@ -210,7 +221,7 @@ def _first_batch(data: Dataset) -> tuple[Any, torch.Tensor]:
 
 def _run_model(model: nn.Module, x: Any) -> Any:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = x.to(device) if isinstance(x, torch.Tensor) else {k: v.to(device) for k, v in x.items()}
+    x = to_device(x, device)
     was_training = model.training
     model.eval()  # no BatchNorm statistics updated, no dropout randomness drawn
     try:

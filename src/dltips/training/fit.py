@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dltips.io import atomic_write
-from dltips.task import Task, count_items
+from dltips.task import Task, count_items, to_device
 from dltips.training.accumulate import GradientAccumulator
 from dltips.training.callbacks import Callback, ProgressBar
 from dltips.training.lr import get_rng_state, set_rng_state
@@ -224,7 +224,7 @@ def fit(
             for cb in callbacks:
                 cb.on_epoch_start(state)
             for x, y in loader:
-                x, y = _to_device(x, device), y.to(device, non_blocking=True)
+                x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
                 if task.augment is not None:
                     x = task.augment(x)
                 n = count_items(task.kind, y)
@@ -307,7 +307,7 @@ def evaluate(
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     for x, y in loader:
-        x, y = _to_device(x, device), y.to(device)
+        x, y = to_device(x, device), y.to(device)
         with precision.autocast() if precision is not None else contextlib.nullcontext():
             output = model(x)
             loss = task.loss_fn(output, y)
@@ -408,12 +408,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    return x.to(device, non_blocking=True)
 
 
 def _save_checkpoint(path: Path, state: FitState, model: nn.Module, precision: MixedPrecision,

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from dltips.task import to_device
+
 __all__ = [
     "LRFinderResult",
     "default_lr",
@@ -237,16 +239,6 @@ def _model_tensors(model: nn.Module) -> list[Tensor]:
     return [*model.parameters(), *model.buffers()]
 
 
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
-
-
 def _batches(data: Iterable) -> Iterator:
     """Yield from ``data`` forever, restarting it when exhausted."""
     while True:
@@ -345,7 +337,7 @@ def _range_test(
         lr = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))
         _set_lr(optimizer, lr)
         x, y = next(batches)
-        x, y = _to_device(x, device), _to_device(y, device)
+        x, y = to_device(x, device), to_device(y, device)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
