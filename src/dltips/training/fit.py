@@ -253,7 +253,8 @@ def fit(
                     sync()
                 if max_steps is not None and state.step >= max_steps:
                     state.stop = True
-                if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0 and not last:
+                periodic = checkpoint_every and state.step % checkpoint_every == 0
+                if checkpoint is not None and periodic and not last and not state.stop:  # else saved below
                     sync()
                     _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
                 if state.stop:
