@@ -20,7 +20,15 @@ STATUSES = ("pass", "warn", "fail", "info", "skip")
 
 @dataclass
 class Finding:
-    """A verdict on one tip, with the numbers behind it and what to do."""
+    """A verdict on one tip, with the numbers behind it and what to do.
+
+    `figures` holds plain data that the reports draw (no plotting library is
+    needed to make a finding). Each figure is a dict with a "kind":
+      {"kind": "lines", "title", "x": [...], "series": {name: [...]}, "xlabel", "ylabel",
+       "xlog": bool, "ylog": bool, "band": [low, high] or absent (a shaded y range)}
+      {"kind": "images", "title", "images": [array-like (H, W) or (C, H, W)], "captions": [...]}
+      {"kind": "table", "title", "columns": [...], "rows": [[...], ...]}
+    """
 
     tip: str
     status: str

@@ -1,0 +1,88 @@
+"""Model outputs, per-item losses and errors on a dataset: what the checks read.
+
+`predict` runs a model in eval mode without gradients and keeps, per item,
+its position in the dataset, the output, the target and the loss. Per-item
+losses call the Task's own loss on each item, so any mean-reduced loss works
+(a language model's item is a sequence; its loss is the mean over its tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dltips.task import IGNORE_INDEX, Task, to_device
+
+
+@dataclass
+class Predictions:
+    indices: torch.Tensor  # positions of the items in the dataset
+    outputs: torch.Tensor  # model outputs, float32, on the CPU
+    targets: torch.Tensor  # targets, on the CPU
+    losses: torch.Tensor  # one loss per item, float64
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    task: Task,
+    data: Dataset,
+    *,
+    indices: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+) -> Predictions:
+    """Outputs and per-item losses of `model` on `data` (or on the items at `indices`)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    positions = list(range(len(data))) if indices is None else [int(i) for i in indices]
+    loader = DataLoader(Subset(data, positions), batch_size=task.batch_size)
+    was_training = model.training
+    model.eval()
+    outputs, targets = [], []
+    try:
+        for x, y in loader:
+            outputs.append(model(to_device(x, device)).float().cpu())
+            targets.append(y)
+    finally:
+        model.train(was_training)
+    output, target = torch.cat(outputs), torch.cat(targets)
+    return Predictions(torch.tensor(positions), output, target, item_losses(task.loss_fn, output, target))
+
+
+def item_losses(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of each item alone: `loss_fn` called on one-item slices."""
+    return torch.stack([loss_fn(outputs[i:i + 1], targets[i:i + 1]).double() for i in range(len(outputs))])
+
+
+def error_rate(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The kind's error: 1 - accuracy (per label for multilabel, per token for a language model), MSE for regression."""
+    if kind == "classification":
+        return float((outputs.argmax(1) != targets).double().mean())
+    if kind == "binary":
+        return float(((outputs.reshape(targets.shape) > 0) != (targets > 0.5)).double().mean())
+    if kind == "multilabel":
+        return float(((outputs > 0) != (targets > 0.5)).double().mean())
+    if kind == "language-model":
+        counted = targets != IGNORE_INDEX
+        return float(((outputs.argmax(-1) != targets) & counted).sum() / counted.sum())
+    return float((outputs.reshape(targets.shape).double() - targets.double()).pow(2).mean())
+
+
+def baseline_error(kind: str, train_targets: torch.Tensor, targets: torch.Tensor) -> float:
+    """Error of a trivial predictor fitted on the training targets: the majority class, or the mean."""
+    if kind in ("classification", "language-model"):
+        counted = train_targets[train_targets != IGNORE_INDEX]
+        majority = torch.bincount(counted.flatten()).argmax()
+        kept = targets[targets != IGNORE_INDEX]
+        return float((kept != majority).double().mean())
+    if kind in ("binary", "multilabel"):
+        majority = (train_targets.double().mean(0) > 0.5).double()
+        return float((targets.double() != majority).double().mean())
+    mean = train_targets.double().mean(0)
+    return float((targets.double() - mean).pow(2).mean())
