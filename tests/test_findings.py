@@ -39,3 +39,17 @@ def test_findings_reject_unknown_tips_statuses_and_evidence():
         Finding("one_cycle", "pass", "t", "m")
     with pytest.raises(TypeError, match="evidence"):
         Finding("one-cycle", "pass", "t", "m", evidence={"x": object()}).to_dict()
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+
+    from dltips.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.txt").read_text() == "x"

@@ -17,13 +17,21 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "dltips.catalog": ["TIPS", "Tip", "get_tip", "tips_by_theme"],
+    "dltips.diagnosis.recipe": ["Doctor", "doctor"],
+    "dltips.predict": ["Predictions", "predict"],
+    "dltips.data.inputs": ["check_inputs"],
+    "dltips.data.worst": ["check_worst_predictions"],
     "dltips.findings": ["Finding", "Report"],
+    "dltips.monitor.gaps": ["check_error_gaps", "measure_error_gaps"],
     "dltips.task": ["Task", "TaskError"],
     "dltips.training.accumulate": ["GradientAccumulator"],
     "dltips.training.callbacks": ["Callback", "ProgressBar"],
     "dltips.training.fit": ["FitResult", "FitState", "NonFiniteLossError", "Recipe", "evaluate", "fit"],
+    "dltips.training.init": ["check_initial_loss"],
     "dltips.training.lr": ["LRFinderResult", "default_lr", "lr_find", "scale_lr"],
+    "dltips.training.lr_check": ["check_lr"],
     "dltips.training.mixup": ["Mixup"],
+    "dltips.training.overfit": ["check_capacity", "check_overfit_tiny"],
     "dltips.training.precision": ["AmpPlan", "MixedPrecision", "amp_plan"],
     "dltips.training.schedule": ["OneCycle"],
 }
@@ -46,12 +54,20 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from dltips.catalog import TIPS, Tip, get_tip, tips_by_theme
+    from dltips.diagnosis.recipe import Doctor, doctor
+    from dltips.predict import Predictions, predict
+    from dltips.data.inputs import check_inputs
+    from dltips.data.worst import check_worst_predictions
     from dltips.findings import Finding, Report
+    from dltips.monitor.gaps import check_error_gaps, measure_error_gaps
     from dltips.task import Task, TaskError
     from dltips.training.accumulate import GradientAccumulator
     from dltips.training.callbacks import Callback, ProgressBar
     from dltips.training.fit import FitResult, FitState, NonFiniteLossError, Recipe, evaluate, fit
+    from dltips.training.init import check_initial_loss
     from dltips.training.lr import LRFinderResult, default_lr, lr_find, scale_lr
+    from dltips.training.lr_check import check_lr
     from dltips.training.mixup import Mixup
+    from dltips.training.overfit import check_capacity, check_overfit_tiny
     from dltips.training.precision import AmpPlan, MixedPrecision, amp_plan
     from dltips.training.schedule import OneCycle

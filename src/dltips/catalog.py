@@ -57,7 +57,7 @@ _TIPS = [
         "For Adam or AdamW and a model of ordinary size, 3e-4 is a learning rate that rarely "
         "fails. Smaller models can take larger steps without diverging, so the default grows as "
         "the parameter count shrinks. A short LR range test confirms the choice on your data.",
-        ["dltips.default_lr", "dltips.lr_find"],
+        ["dltips.default_lr", "dltips.lr_find", "dltips.check_lr"],
     ),
     Tip(
         "overfit-tiny", "training", "check", "Overfit one example, then a few",
@@ -65,6 +65,7 @@ _TIPS = [
         "one example and then on a handful. Failing on one example points at the optimisation or "
         "the training code (a wrong loss, detached graph, frozen weights); failing only on several "
         "points at batch-dependent layers or label handling.",
+        ["dltips.check_overfit_tiny", "dltips.doctor"],
     ),
     Tip(
         "mixup", "training", "trick", "Mixup: train on blends of example pairs",
@@ -87,6 +88,7 @@ _TIPS = [
         "Check that the model has the capacity to fit the whole training set. If it cannot, the "
         "architecture or the optimisation is at fault and regularisation will not help. Once it "
         "can, close the gap to validation with weight decay, dropout, augmentation or early stopping.",
+        ["dltips.check_capacity", "dltips.doctor"],
     ),
     Tip(
         "batch-size-lr-scaling", "training", "trick", "Scale the learning rate with the batch size",
@@ -108,6 +110,7 @@ _TIPS = [
         "model should be maximally unsure: the loss should be the entropy of the label prior "
         "(ln C for C balanced classes, ln V per token for a language model, the target variance "
         "for mean-squared regression). A much larger loss means over-confident initial outputs.",
+        ["dltips.check_initial_loss", "dltips.doctor"],
     ),
     # Data
     Tip(
@@ -115,12 +118,14 @@ _TIPS = [
         "Rank examples by loss and look at the confident mistakes (positives scored near 0, "
         "negatives near 1) and at the least confident ones (near 0.5). They expose preprocessing "
         "bugs and wrong labels faster than any aggregate metric.",
+        ["dltips.check_worst_predictions", "dltips.doctor"],
     ),
     Tip(
         "verify-transforms", "data", "check", "Look at the output of every transform",
         "Before a transform goes into the pipeline, look at what it produces and at the "
         "statistics of what finally reaches the model: a step can destroy what the label depends "
         "on, and inputs can end up unnormalised or normalised twice.",
+        ["dltips.check_inputs", "dltips.doctor"],
     ),
     Tip(
         "image-resolution", "data", "check", "Experiment at 128 px, not at 32 px",
@@ -172,6 +177,7 @@ _TIPS = [
         "Training error shows bias (underfitting); the validation-training gap shows variance "
         "(overfitting); the test-validation gap shows overfitting to the validation set, usually "
         "from too much tuning against it.",
+        ["dltips.check_error_gaps", "dltips.measure_error_gaps", "dltips.doctor"],
     ),
     Tip(
         "metric-divergence", "monitoring", "monitor", "Metrics agree early and diverge later",

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 import textwrap
+import traceback
+from pathlib import Path
 from typing import Sequence, TextIO
 
 from dltips.catalog import THEME_TITLES, THEMES, TIPS, Tip, tips_by_theme
@@ -27,7 +31,116 @@ def _parser() -> argparse.ArgumentParser:
     tips.add_argument("id", nargs="?", help="a tip id, e.g. one-cycle")
     tips.add_argument("--theme", choices=THEMES, help="only the tips of this theme")
     tips.set_defaults(command="tips", run=_run_tips)
+
+    doctor = commands.add_parser("doctor", help="diagnose a Task: a verdict per tip, with the numbers and the fix")
+    doctor.add_argument("target", nargs="?", help="path/to/file.py:function or package.module:function returning a Task")
+    doctor.add_argument("--demo", choices=sorted(DEMOS), help="diagnose a bundled demo task instead")
+    doctor.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    doctor.add_argument("--html", metavar="PATH", help="write the report as one self-contained HTML file")
+    doctor.add_argument("--budget", type=float, default=60.0, metavar="SECONDS", help="time budget (default 60)")
+    doctor.add_argument("--seed", type=int, default=0)
+    doctor.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    doctor.add_argument("--only", type=_tip_list, metavar="TIP,...", help="run only these tips")
+    doctor.add_argument("--skip", type=_tip_list, default=[], metavar="TIP,...", help="skip these tips")
+    doctor.add_argument("--debug", action="store_true", help="show tracebacks")
+    doctor.set_defaults(command="doctor", run=_run_doctor)
+
+    demo = commands.add_parser("demo", help="train a demo task with the recommended recipe")
+    demo.add_argument("name", choices=sorted(DEMOS))
+    demo.add_argument("--epochs", type=int, default=8)
+    demo.set_defaults(command="demo", run=_run_demo)
     return parser
+
+
+DEMOS = {"digits": "dltips.demos.digits:digits_task"}
+
+
+class TargetError(Exception):
+    """The doctor's target cannot be loaded or does not give a valid Task."""
+
+
+def _tip_list(text: str) -> list[str]:
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in ids if t not in TIPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown tip ids {unknown}; see `dltips tips`")
+    return ids
+
+
+def load_target(spec: str):
+    """Call the function named by `path/to/file.py:function` or `package.module:function`; it must return a Task."""
+    from dltips.task import Task, TaskError
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise TargetError(f"target {spec!r} must look like path/to/file.py:function or package.module:function")
+    try:
+        if where.endswith(".py") or "/" in where or "\\" in where:
+            path = Path(where).resolve()
+            if not path.is_file():
+                raise TargetError(f"target file {where} does not exist")
+            sys.path.insert(0, str(path.parent))  # as running the script would
+            spec_obj = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec_obj)
+            spec_obj.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+        function = getattr(module, name, None)
+        if not callable(function):
+            raise TargetError(f"{where} has no function {name!r}")
+        task = function()
+    except (TargetError, TaskError):
+        raise
+    except Exception as e:
+        raise TargetError(f"loading {spec} raised {type(e).__name__}: {e}") from e
+    if not isinstance(task, Task):
+        raise TargetError(f"{spec} returned {type(task).__name__}; it must return a dltips.Task")
+    return task
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print("dltips: " + message, file=sys.stderr)
+    return 2
+
+
+def _task_from_args(args: argparse.Namespace):
+    if (args.target is None) == (args.demo is None):
+        raise TargetError("give either a TARGET (file.py:function or module:function) or --demo NAME")
+    return load_target(args.target if args.target is not None else DEMOS[args.demo])
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from dltips.diagnosis.recipe import doctor
+    from dltips.task import TaskError
+
+    try:
+        task = _task_from_args(args)
+    except (TargetError, TaskError) as e:
+        return _fail(str(e), args.debug)
+    try:
+        report = doctor(task, budget_s=args.budget, seed=args.seed, device=args.device, only=args.only,
+                        skip=args.skip, debug=args.debug)
+    except ValueError as e:
+        return _fail(str(e), args.debug)
+    report.print()
+    if args.json:
+        report.to_json(args.json)
+    if args.html:
+        report.to_html(args.html)
+    return 1 if report.failed else 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from dltips.training.fit import Recipe, fit
+
+    task = load_target(DEMOS[args.name])
+    result = fit(task, epochs=args.epochs, recipe=Recipe())
+    last = result.history[-1]
+    print(f"{args.name}: {result.steps} steps in {result.duration_s:.1f}s; "
+          + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("valid")))
+    return 0
 
 
 def _run_tips(args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -114,6 +114,23 @@ class Report:
             atomic_write_text(path, text + "\n")
         return text
 
+    def to_html(self, path: str | os.PathLike | None = None) -> str:
+        """The report as one self-contained HTML file; also written atomically to `path` when given."""
+        from dltips.diagnosis.report import render_html, write_html
+
+        return render_html(self) if path is None else write_html(self, path)
+
+    def _repr_html_(self) -> str:
+        from dltips.diagnosis.report import render_fragment
+
+        return render_fragment(self)
+
+    def print(self, console: Any = None) -> None:
+        """Print a summary to the terminal (coloured with rich when available)."""
+        from dltips.diagnosis.report import render_terminal
+
+        render_terminal(self, console)
+
     @classmethod
     def from_json(cls, text: str) -> Report:
         data = json.loads(text)

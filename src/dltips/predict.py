@@ -60,18 +60,30 @@ def item_losses(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor)
     return torch.stack([loss_fn(outputs[i:i + 1], targets[i:i + 1]).double() for i in range(len(outputs))])
 
 
-def error_rate(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The kind's error: 1 - accuracy (per label for multilabel, per token for a language model), MSE for regression."""
+def item_errors(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One error per scored unit: 0/1 mistakes (per label for multilabel, per counted token for a
+    language model, per element for dense targets), squared errors for regression."""
     if kind == "classification":
-        return float((outputs.argmax(1) != targets).double().mean())
+        return (outputs.argmax(1) != targets).double().flatten()
     if kind == "binary":
-        return float(((outputs.reshape(targets.shape) > 0) != (targets > 0.5)).double().mean())
+        return ((outputs.reshape(targets.shape) > 0) != (targets > 0.5)).double().flatten()
     if kind == "multilabel":
-        return float(((outputs > 0) != (targets > 0.5)).double().mean())
+        return ((outputs > 0) != (targets > 0.5)).double().flatten()
     if kind == "language-model":
         counted = targets != IGNORE_INDEX
-        return float(((outputs.argmax(-1) != targets) & counted).sum() / counted.sum())
-    return float((outputs.reshape(targets.shape).double() - targets.double()).pow(2).mean())
+        return (outputs.argmax(-1) != targets)[counted].double()
+    return (outputs.reshape(targets.shape).double() - targets.double()).pow(2).flatten()
+
+
+def error_rate(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The kind's error: 1 - accuracy (per label for multilabel, per token for a language model), MSE for regression."""
+    return float(item_errors(kind, outputs, targets).mean())
+
+
+def standard_error(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Standard error of `error_rate` as an estimate from these items (std / sqrt(n))."""
+    errors = item_errors(kind, outputs, targets)
+    return float(errors.std() / len(errors) ** 0.5) if len(errors) > 1 else 0.0
 
 
 def baseline_error(kind: str, train_targets: torch.Tensor, targets: torch.Tensor) -> float:
@@ -86,3 +98,12 @@ def baseline_error(kind: str, train_targets: torch.Tensor, targets: torch.Tensor
         return float((targets.double() != majority).double().mean())
     mean = train_targets.double().mean(0)
     return float((targets.double() - mean).pow(2).mean())
+
+
+def evenly_spaced(n: int, k: int | None) -> list[int]:
+    """At most `k` positions spread evenly over range(n) (all of them when k is None or >= n)."""
+    if k is None or k >= n:
+        return list(range(n))
+    if k < 1:
+        raise ValueError(f"the number of items must be >= 1, got {k}")
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})

@@ -1,0 +1,224 @@
+"""The doctor: run the checks in the order an expert would, within a time budget.
+
+Order (the tips' order): what reaches the model -> loss at init -> overfit one
+example, then a few -> LR range test -> a short training run -> capacity on a
+training subset -> the three error gaps -> the worst predictions. When the
+model cannot overfit a few examples, the expensive steps are skipped with the
+reason: their verdicts would only restate that failure.
+
+The doctor diagnoses the user's setup, not ours: every training run uses a
+fresh copy of the Task's model, its loss, its optimizer at its learning rate
+(constant) and its augmentation. dltips's own suggestions (the range test's
+LR, one-cycle) are reported beside, never substituted.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+import torch
+from torch.utils.data import DataLoader
+
+from dltips.catalog import TIPS
+from dltips.findings import Finding, Report
+from dltips.task import Task, to_device
+
+# Shares of the training budget (what is left after the cheap checks).
+SHARES = {"overfit-tiny": 0.20, "default-lr": 0.10, "short-run": 0.40, "overfit-then-regularize": 0.20}
+SHORT_RUN_TIPS = ("error-gaps", "worst-predictions")
+
+
+@dataclass
+class Doctor:
+    """One doctor run; `run()` returns the Report. Use `dltips.doctor(...)` for the one-call form."""
+
+    task: Task
+    budget_s: float = 60.0
+    seed: int = 0
+    device: str | torch.device = "auto"
+    only: set[str] | None = None
+    skip: set[str] = field(default_factory=set)
+    progress: bool = True
+    debug: bool = False
+    stream: TextIO | None = None
+    findings: list[Finding] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, tips in (("only", self.only or set()), ("skip", self.skip)):
+            unknown = sorted(set(tips) - set(TIPS))
+            if unknown:
+                raise ValueError(f"{name}: unknown tip ids {unknown}; valid ids: {', '.join(TIPS)}")
+        if not self.budget_s > 0:
+            raise ValueError(f"budget_s must be positive, got {self.budget_s!r}")
+        self.device = _resolve_device(self.device)
+        self._start = time.perf_counter()
+
+    def wanted(self, tip: str) -> bool:
+        return (self.only is None or tip in self.only) and tip not in self.skip
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def run(self) -> Report:
+        from dltips.data.inputs import check_inputs
+        from dltips.training.init import check_initial_loss
+
+        torch.manual_seed(self.seed)
+        task = dataclasses.replace(self.task, model=copy.deepcopy(self.task.model).to(self.device))
+        self.step("verify-transforms", lambda: check_inputs(task))
+        self.step("initialization", lambda: check_initial_loss(task, device=self.device))
+        step_s = _seconds_per_step(task, self.device)
+        train_budget = max(self.budget_s - self.elapsed, 1.0) * 0.9
+
+        def steps(share: float, cap: int) -> int:
+            return int(min(cap, max(20, share * train_budget / step_s)))
+
+        ladder_ok = self.overfit_ladder(task, steps(SHARES["overfit-tiny"], 300), SHARES["overfit-tiny"] * train_budget)
+        if not ladder_ok:
+            reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
+                      "training would only restate that failure. Fix that first.")
+            for tip in ("default-lr", "overfit-then-regularize", *SHORT_RUN_TIPS):
+                if self.wanted(tip):
+                    self.findings.append(Finding(tip, "skip", "Skipped: overfit-tiny failed", reason))
+            return self.report()
+        self.lr_check(task)
+        trained, valid_error = self.short_run(task, steps(SHARES["short-run"], 3000))
+        self.capacity(task, steps(SHARES["overfit-then-regularize"], 2000),
+                      SHARES["overfit-then-regularize"] * train_budget, valid_error)
+        if trained is not None:
+            from dltips.data.worst import check_worst_predictions
+            from dltips.monitor.gaps import measure_error_gaps
+
+            self.step("error-gaps", lambda: measure_error_gaps(trained, task, device=self.device))
+            self.step("worst-predictions", lambda: check_worst_predictions(trained, task, device=self.device))
+        return self.report()
+
+    def step(self, tip: str, check: Callable[[], list[Finding]], label: str | None = None) -> list[Finding]:
+        """Run one check (if wanted), time it, and keep its findings; a crash becomes a `skip` finding."""
+        if not self.wanted(tip):
+            return []
+        label = label or tip
+        self.say(f"{label} ...")
+        start = time.perf_counter()
+        try:
+            found = check()
+        except Exception as e:  # a broken user model must not end the whole diagnosis
+            if self.debug:
+                raise
+            found = [Finding(tip, "skip", f"Could not run: {type(e).__name__}",
+                             f"The check raised {type(e).__name__}: {e}. Run with --debug for the traceback.")]
+        self.timings[label] = time.perf_counter() - start
+        self.findings.extend(found)
+        return found
+
+    def overfit_ladder(self, task: Task, max_steps: int, budget_s: float) -> bool:
+        from dltips.training.overfit import check_overfit_tiny
+
+        found = self.step("overfit-tiny", lambda: check_overfit_tiny(
+            task, max_steps=max_steps, budget_s=budget_s, seed=self.seed, device=self.device))
+        return not any(f.status == "fail" for f in found)
+
+    def lr_check(self, task: Task) -> None:
+        from dltips.training.lr_check import check_lr
+
+        self.step("default-lr", lambda: check_lr(task, device=self.device, seed=self.seed))
+
+    def short_run(self, task: Task, max_steps: int) -> tuple[torch.nn.Module | None, float | None]:
+        """Train a fresh copy at the Task's own settings; the trained model feeds the gaps and worst predictions."""
+        if not any(self.wanted(tip) for tip in (*SHORT_RUN_TIPS, "overfit-then-regularize")):
+            return None, None
+        from dltips.predict import error_rate, evenly_spaced, predict
+        from dltips.training.fit import Recipe, fit
+
+        self.say(f"short training run ({max_steps} steps) ...")
+        start = time.perf_counter()
+        run_task = dataclasses.replace(task, model=copy.deepcopy(task.model))
+        steps_per_epoch = max(len(task.train) // task.batch_size, 1)
+        try:
+            fit(run_task, epochs=math.ceil(max_steps / steps_per_epoch), recipe=Recipe(one_cycle=False),
+                max_steps=max_steps, device=self.device, seed=self.seed, progress=False)
+        except Exception as e:
+            if self.debug:
+                raise
+            for tip in SHORT_RUN_TIPS:
+                if self.wanted(tip):
+                    self.findings.append(Finding(tip, "skip", "Could not run: training failed",
+                                                 f"The short training run raised {type(e).__name__}: {e}"))
+            return None, None
+        finally:
+            self.timings["short-run"] = time.perf_counter() - start
+        valid = predict(run_task.model, task, task.valid, indices=evenly_spaced(len(task.valid), 2000), device=self.device)
+        return run_task.model, error_rate(task.kind, valid.outputs, valid.targets)
+
+    def capacity(self, task: Task, max_steps: int, budget_s: float, valid_error: float | None) -> None:
+        from dltips.training.overfit import check_capacity
+
+        self.step("overfit-then-regularize", lambda: check_capacity(
+            task, max_steps=max_steps, budget_s=budget_s, seed=self.seed, device=self.device,
+            valid_error=valid_error))
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            stream = self.stream if self.stream is not None else sys.stderr
+            left = max(self.budget_s - self.elapsed, 0.0)
+            stream.write(f"[dltips {self.elapsed:5.1f}s, {left:4.0f}s left] {text}\n")
+            stream.flush()
+
+    def report(self) -> Report:
+        return Report(task=self.task.summary(), findings=self.findings, duration_s=self.elapsed,
+                      timings=dict(self.timings))
+
+
+def doctor(
+    task: Task,
+    budget_s: float = 60.0,
+    seed: int = 0,
+    *,
+    device: str | torch.device = "auto",
+    only: set[str] | list[str] | None = None,
+    skip: set[str] | list[str] | None = None,
+    progress: bool = True,
+    debug: bool = False,
+) -> Report:
+    """Diagnose `task` within about `budget_s` seconds and return the Report.
+
+    The user's model is never modified. `only` / `skip` take tip ids. Seeded
+    runs give the same verdicts.
+    """
+    return Doctor(task, budget_s, seed, device, set(only) if only is not None else None, set(skip or ()),
+                  progress, debug).run()
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return device
+
+
+def _seconds_per_step(task: Task, device: torch.device, repeats: int = 3) -> float:
+    """Wall time of one training step at the Task's batch size, measured on a throwaway copy."""
+    model = copy.deepcopy(task.model).to(device).train()
+    optimizer = task.make_optimizer(model)
+    x, y = next(iter(DataLoader(task.train, batch_size=task.batch_size, shuffle=False)))
+    x, y = to_device(x, device), y.to(device)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        task.loss_fn(model(x), y).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return max(min(times[1:]), 1e-4)  # the first step pays one-time costs

@@ -1,0 +1,204 @@
+"""The calibration set: healthy tasks and deliberately broken ones.
+
+Healthy tasks come from data that ships with scikit-learn or is generated
+here; broken ones each carry one known fault and the tips that must name it.
+The doctor must give no `warn` or `fail` on a healthy task, and must flag
+each broken task with one of its expected tips.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dltips import Task
+from dltips.demos.digits import DigitsCNN, digits_task, load_digits_tensors, split
+
+
+def _standardise(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-8)
+    return (x - mean) / std
+
+
+def _splits(x, y, n_valid, n_test, seed=0):
+    train, valid, test = split(len(x), n_valid, n_test, seed)
+    return [TensorDataset(x[i], y[i]) for i in (train, valid, test)], train
+
+
+def mlp(n_in: int, n_out: int, width: int = 64, depth: int = 2) -> nn.Sequential:
+    layers, d = [], n_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.ReLU()]
+        d = width
+    return nn.Sequential(*layers, nn.Linear(d, n_out))
+
+
+def sklearn_xy(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import sklearn.datasets as ds
+
+    if name == "friedman1":  # generated: y = 10 sin(pi x0 x1) + 20 (x2 - 0.5)^2 + 10 x3 + 5 x4 + noise
+        x, y = ds.make_friedman1(n_samples=1200, noise=0.5, random_state=0)
+        return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    data = getattr(ds, f"load_{name}")()
+    return torch.tensor(data.data, dtype=torch.float32), torch.tensor(data.target)
+
+
+def digits_mlp(seed=0) -> Task:
+    x, y = load_digits_tensors()
+    x = x.flatten(1)
+    train, _, _ = split(len(x), 300, 300)
+    x = (x - x[train].mean()) / x[train].std()  # one scale for all pixels: constant corner pixels stay constant
+    (tr, va, te), _ = _splits(x, y, 300, 300)
+    torch.manual_seed(seed)
+    return Task(mlp(64, 10), tr, va, te, name="digits-mlp")
+
+
+def tabular(name: str, kind: str, seed=0, model=None, standardise=True) -> Task:
+    x, y = sklearn_xy(name)
+    n = len(x)
+    n_valid = n_test = max(n // 6, 20)
+    train, _, _ = split(n, n_valid, n_test)
+    if standardise:
+        x = _standardise(x, train)
+    if kind == "regression":
+        y = y.float()
+        y = (y - y[train].mean()) / y[train].std() if standardise else y
+    elif kind == "binary":
+        y = y.float()
+    (tr, va, te), _ = _splits(x, y, n_valid, n_test)
+    torch.manual_seed(seed)
+    n_out = int(y.max()) + 1 if kind == "classification" else 1
+    return Task(model if model is not None else mlp(x.shape[1], n_out), tr, va, te, kind=kind,
+                batch_size=32, name=f"{name}-{kind}")
+
+
+def spirals(n=900, arms=3, seed=0, noise=0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % arms
+    r = torch.rand(n, generator=g) * 0.9 + 0.1
+    angle = 2 * math.pi * (y / arms + 1.5 * r) + noise * torch.randn(n, generator=g)
+    x = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], 1) * 2
+    return x, y
+
+
+def spirals_task(make_model: Callable[[], nn.Module] | None = None, seed=0, name="spirals") -> Task:
+    x, y = spirals()
+    (tr, va, te), _ = _splits(x, y, 150, 150)
+    torch.manual_seed(seed)
+    model = make_model() if make_model is not None else mlp(2, 3, 64, 3)
+    return Task(model, tr, va, te, batch_size=32, name=name)
+
+
+class Bigram(nn.Module):
+    def __init__(self, vocab: int, width: int = 32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.emb(tokens)))
+
+
+def bigram_lm(seed=0) -> Task:
+    """Sequences that count up modulo 12 with random starts: each next token is predictable."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randint(0, 12, (600, 1), generator=g)
+    seq = (start + torch.arange(17)) % 12
+    x, y = seq[:, :-1], seq[:, 1:]
+    (tr, va, te), _ = _splits(x, y, 100, 100)
+    torch.manual_seed(seed)
+    return Task(Bigram(12), tr, va, te, kind="language-model", batch_size=32, name="count-lm")
+
+
+HEALTHY: dict[str, Callable[[], Task]] = {
+    "digits-cnn": digits_task,
+    "digits-mlp": digits_mlp,
+    "wine": lambda: tabular("wine", "classification"),
+    "breast-cancer": lambda: tabular("breast_cancer", "binary"),
+    "friedman1": lambda: tabular("friedman1", "regression"),
+    "spirals": spirals_task,
+    "count-lm": bigram_lm,
+    "digits-sgd": lambda: _with(digits_task(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+                                name="digits-sgd"),
+}
+
+
+def _with(task: Task, **changes) -> Task:
+    import dataclasses
+
+    return dataclasses.replace(task, **changes)
+
+
+def scaled_last_layer(task: Task, factor: float) -> Task:
+    last = [m for m in task.model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+    return task
+
+
+class DetachedLoss:
+    """A loss whose gradient never reaches the model (a classic bug)."""
+
+    def __init__(self, model: nn.Module):
+        self.params = list(model.parameters())
+
+    def __call__(self, output, target):
+        return F.cross_entropy(output.detach(), target) + 0.0 * sum(p.sum() for p in self.params)
+
+
+def detached_loss_task() -> Task:
+    task = digits_mlp()
+    return _with(task, loss=DetachedLoss(task.model), name="detached-loss")
+
+
+def frozen_task() -> Task:
+    task = digits_mlp()
+    for p in task.model.parameters():
+        p.requires_grad_(False)
+    task.model[-1].bias.requires_grad_(True)  # something to optimise, but nothing that can learn the task
+    return _with(task, name="frozen")
+
+
+def raw_pixels_task() -> Task:
+    x, y = load_digits_tensors()
+    x = x * 255.0
+    (tr, va, te), _ = _splits(x, y, 300, 300)
+    torch.manual_seed(0)
+    return Task(DigitsCNN(), tr, va, te, name="raw-pixels")
+
+
+def random_labels_task() -> Task:
+    x, y = load_digits_tensors()
+    x = (x - x.mean()) / x.std()
+    y = torch.randint(0, 10, (len(y),), generator=torch.Generator().manual_seed(1))
+    (tr, va, te), _ = _splits(x, y, 300, 300)
+    torch.manual_seed(0)
+    return Task(DigitsCNN(), tr, va, te, name="random-labels")
+
+
+# name -> (task factory, tips of which at least one must warn or fail)
+BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
+    "init-x30": (lambda: _with(scaled_last_layer(digits_mlp(), 30.0), name="init-x30"), {"initialization"}),
+    "softmax-before-ce": (lambda: _with(digits_mlp(), model=nn.Sequential(digits_mlp().model, nn.Softmax(1)),
+                                        name="softmax-before-ce"), {"initialization"}),
+    "log-softmax-dim0": (lambda: _with(digits_mlp(), model=nn.Sequential(digits_mlp().model, nn.LogSoftmax(0)),
+                                       loss=F.nll_loss, name="log-softmax-dim0"), {"initialization"}),
+    "regression-raw-targets": (lambda: _with(tabular("diabetes", "regression", standardise=False),
+                                             name="raw-targets"), {"initialization", "verify-transforms"}),
+    "lr-far-too-high": (lambda: _with(digits_mlp(), optimizer=lambda p: torch.optim.AdamW(p, lr=3.0),
+                                      name="lr-too-high"), {"default-lr", "overfit-tiny"}),
+    "lr-far-too-low": (lambda: _with(digits_mlp(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-7),
+                                     name="lr-too-low"), {"default-lr", "overfit-tiny"}),
+    "detached-loss": (detached_loss_task, {"overfit-tiny"}),
+    "frozen": (frozen_task, {"overfit-tiny"}),
+    "linear-on-spirals": (lambda: spirals_task(lambda: nn.Linear(2, 3), name="linear-spirals"),
+                          {"overfit-then-regularize", "overfit-tiny", "error-gaps"}),
+    "raw-pixels": (raw_pixels_task, {"verify-transforms"}),
+    "random-labels": (random_labels_task, {"error-gaps", "overfit-then-regularize"}),
+}

@@ -1,0 +1,270 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from dltips.data.worst import check_worst_predictions
+from dltips.findings import Report
+from dltips.task import IGNORE_INDEX, Task
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Lookup(nn.Module):
+    """Returns a fixed output per item: x[..., 0] holds the item's id."""
+
+    def __init__(self, outputs: torch.Tensor):
+        super().__init__()
+        self.outputs = nn.Parameter(outputs.clone())
+
+    def forward(self, x):
+        ids = x.reshape(len(x), -1)[:, 0].long()
+        return self.outputs[ids]
+
+
+class Counting(Dataset):
+    """A dataset that counts how often items are fetched."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.calls = x, y, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        return self.x[i], self.y[i]
+
+
+def id_inputs(n, shape=(1,)):
+    """Inputs whose first value is the item's id."""
+    x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(0))
+    x.reshape(n, -1)[:, 0] = torch.arange(n, dtype=torch.float32)
+    return x
+
+
+def np_log_softmax(z):
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def classification_task(n=200, c=5, seed=0):
+    g = np.random.default_rng(seed)
+    logits = g.normal(0, 3, (n, c))
+    y = g.integers(0, c, n)
+    x = id_inputs(n)
+    model = Lookup(torch.tensor(logits, dtype=torch.float32))
+    task = Task(model, TensorDataset(x, torch.tensor(y)), TensorDataset(x[:10], torch.tensor(y[:10])))
+    return task, logits.astype(np.float32).astype(np.float64), y
+
+
+def test_classification_ranking_matches_an_independent_computation():
+    task, logits, y = classification_task()
+    (f,) = check_worst_predictions(task.model, task, top=30)
+    assert f.tip == "worst-predictions" and f.status == "info"
+    e = f.evidence
+    logp = np_log_softmax(logits)
+    loss = -logp[np.arange(len(y)), y]
+    order = np.argsort(-loss, kind="stable")
+    assert e["split"] == "train"
+    assert e["indices"] == order[:30].tolist()
+    np.testing.assert_allclose(e["losses"], loss[order[:30]], rtol=1e-5)
+    assert e["predictions"] == logits.argmax(1)[order[:30]].tolist()
+    assert e["targets"] == y[order[:30]].tolist()
+
+    p = np.exp(logp)
+    p_true = p[np.arange(len(y)), y]
+    confident = np.nonzero((p_true <= 0.1) & (p.argmax(1) != y))[0]
+    confident = confident[np.argsort(-loss[confident], kind="stable")]
+    assert e["confident_mistakes"] == confident[:30].tolist()
+    assert e["counts"]["confident_mistakes"] == len(confident)
+    assert e["counts"]["wrong"] == int((p.argmax(1) != y).sum())
+    top2 = np.sort(p, 1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    assert e["least_confident"][:10] == np.argsort(margin, kind="stable")[:10].tolist()
+    assert f"{len(confident)} of 200" in f.title
+    assert f"#{order[0]}" in f.message
+
+
+def test_binary_lists_false_negatives_and_positives_separately():
+    n = 120
+    g = np.random.default_rng(1)
+    z = g.normal(0, 4, n)
+    y = g.integers(0, 2, n).astype(np.float32)
+    x = id_inputs(n)
+    task = Task(Lookup(torch.tensor(z, dtype=torch.float32).unsqueeze(1)), TensorDataset(x, torch.tensor(y)),
+                TensorDataset(x[:8], torch.tensor(y[:8])), kind="binary")
+    (f,) = check_worst_predictions(task.model, task, top=n)
+    e = f.evidence
+    p = 1 / (1 + np.exp(-z.astype(np.float32).astype(np.float64)))
+    fn = np.nonzero((y == 1) & (p <= 0.1))[0]
+    fp = np.nonzero((y == 0) & (p >= 0.9))[0]
+    assert len(fn) > 0 and len(fp) > 0
+    assert e["false_negatives"] == fn[np.argsort(p[fn], kind="stable")].tolist()
+    assert e["false_positives"] == fp[np.argsort(-p[fp], kind="stable")].tolist()
+    assert sorted(e["confident_mistakes"]) == sorted(fn.tolist() + fp.tolist())
+    assert e["least_confident"][:5] == np.argsort(np.abs(p - 0.5), kind="stable")[:5].tolist()
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert e["indices"][:10] == np.argsort(-loss, kind="stable")[:10].tolist()
+    np.testing.assert_allclose(e["predictions"][:10], p[e["indices"][:10]], rtol=1e-5)
+    assert f"{len(fp)} false positives, {len(fn)} false negatives" in f.title
+
+
+def test_regression_ranks_by_squared_error_and_shows_a_feature_table():
+    n = 60
+    x = id_inputs(n, (4,))
+    pred = torch.linspace(-1, 1, n)
+    y = torch.zeros(n)
+    y[7], y[33] = 10.0, -8.0
+    task = Task(Lookup(pred.unsqueeze(1)), TensorDataset(x, y), TensorDataset(x[:5], y[:5]), kind="regression")
+    (f,) = check_worst_predictions(task.model, task, top=5)
+    e = f.evidence
+    err = (pred.double() - y.double()).pow(2).numpy()
+    assert e["indices"] == np.argsort(-err, kind="stable")[:5].tolist()
+    assert e["indices"][:2] == [7, 33]
+    assert e["targets"][:2] == [10.0, -8.0]
+    table = f.figures[0]
+    assert table["kind"] == "table"
+    assert table["columns"][:4] == ["index", "target", "prediction", "loss"] and "x[3]" in table["columns"]
+    assert table["rows"][0][0] == 7 and table["rows"][0][4] == 7.0  # x[0] of item 7 is its id
+
+
+def test_language_model_ranks_sequences_by_mean_token_loss():
+    n, t, v = 40, 6, 7
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(n, t, v, generator=g) * 3
+    y = torch.randint(0, v, (n, t), generator=g)
+    y[3, 4:] = IGNORE_INDEX  # padding does not count
+    x = torch.randint(1, v, (n, t), generator=g)
+    x[:, 0] = torch.arange(n)  # the 'model' reads the id from the first token
+    task = Task(Lookup(logits), TensorDataset(x, y), TensorDataset(x[:4], y[:4]), kind="language-model",
+                n_classes=v)
+    (f,) = check_worst_predictions(task.model, task, top=10)
+    logp = torch.log_softmax(logits.double(), -1)
+    mask = y != IGNORE_INDEX
+    tok = -logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    mean = (tok.sum(1) / mask.sum(1)).numpy()
+    e = f.evidence
+    assert e["indices"] == np.argsort(-mean, kind="stable")[:10].tolist()
+    np.testing.assert_allclose(e["losses"], np.sort(mean)[::-1][:10], rtol=1e-5)
+    worst = e["indices"][0]
+    assert e["targets"][0] == y[worst].tolist()
+    assert e["predictions"][0] == logits[worst].argmax(-1).tolist()
+    assert f.figures[0]["kind"] == "table"
+
+
+def test_multilabel_lists_items_with_a_confidently_wrong_label():
+    n, k = 50, 4
+    g = np.random.default_rng(4)
+    z = g.normal(0, 3, (n, k)).astype(np.float32)
+    y = g.integers(0, 2, (n, k)).astype(np.float32)
+    x = id_inputs(n)
+    task = Task(Lookup(torch.tensor(z)), TensorDataset(x, torch.tensor(y)), TensorDataset(x[:5], torch.tensor(y[:5])),
+                kind="multilabel")
+    (f,) = check_worst_predictions(task.model, task, top=n)
+    e = f.evidence
+    p = 1 / (1 + np.exp(-z.astype(np.float64)))
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)
+    assert e["indices"][:10] == np.argsort(-loss, kind="stable")[:10].tolist()
+    confident = np.nonzero(np.abs(y - p).max(1) >= 0.9)[0]
+    assert sorted(e["confident_mistakes"]) == confident.tolist()
+    worst = e["indices"][0]
+    assert e["predictions"][0] == np.nonzero(p[worst] > 0.5)[0].tolist()
+    assert e["targets"][0] == np.nonzero(y[worst])[0].tolist()
+
+
+def test_dense_classification_ranks_by_mean_pixel_loss():
+    n = 20
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(n, 3, 4, 4, generator=g)
+    y = torch.randint(0, 3, (n, 4, 4), generator=g)
+    x = id_inputs(n)
+    task = Task(Lookup(logits), TensorDataset(x, y), TensorDataset(x[:3], y[:3]))
+    (f,) = check_worst_predictions(task.model, task, top=5)
+    loss = torch.nn.functional.cross_entropy(logits.double(), y, reduction="none").mean((1, 2)).numpy()
+    assert f.evidence["indices"] == np.argsort(-loss, kind="stable")[:5].tolist()
+    acc = (logits.argmax(1) == y).double().mean((1, 2)).numpy()
+    np.testing.assert_allclose(f.evidence["accuracies"], acc[f.evidence["indices"]])
+
+
+def test_max_items_ranks_an_evenly_spaced_subset_with_positions_in_train():
+    task, logits, y = classification_task(n=200)
+    (f,) = check_worst_predictions(task.model, task, top=10, max_items=20)
+    e = f.evidence
+    subset = np.round(np.linspace(0, 199, 20)).astype(int)
+    loss = -np_log_softmax(logits)[np.arange(200), y]
+    assert e["n_ranked"] == 20 and e["n_train"] == 200
+    assert e["indices"] == subset[np.argsort(-loss[subset], kind="stable")][:10].tolist()
+
+
+def test_images_figure_fetches_only_the_shown_items():
+    n = 300
+    x = id_inputs(n, (1, 8, 8))
+    g = np.random.default_rng(3)
+    y = torch.tensor(g.integers(0, 4, n))
+    logits = torch.tensor(g.normal(0, 2, (n, 4)), dtype=torch.float32)
+    train = Counting(x, y)
+    task = Task(Lookup(logits), train, TensorDataset(x[:5], y[:5]), batch_size=32)
+    train.calls = 0
+    (f,) = check_worst_predictions(task.model, task, top=20)
+    assert train.calls == n + 16  # one pass to rank, then the 16 shown items
+    fig = f.figures[0]
+    assert fig["kind"] == "images" and len(fig["images"]) == 16 and len(fig["captions"]) == 16
+    first = f.evidence["indices"][0]
+    assert fig["captions"][0].startswith(f"#{first} y={int(y[first])} p={int(logits[first].argmax())}")
+    image = np.asarray(fig["images"][0])
+    assert image.shape == (8, 8) and image.min() == 0.0 and image.max() == 1.0
+
+
+def test_model_is_left_as_it_was_and_evidence_is_json():
+    task, _, _ = classification_task()
+    task.model.train()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    (f,) = check_worst_predictions(task.model, task)
+    assert task.model.training
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+    data = json.loads(Report(task={}, findings=[f]).to_json())["findings"][0]["evidence"]
+    assert len(data["indices"]) == 50 and data["split"] == "train"
+
+
+@pytest.mark.parametrize("kwargs", [{"top": 0}, {"top": 2.5}, {"max_items": 0}])
+def test_bad_arguments(kwargs):
+    task, _, _ = classification_task(n=20)
+    with pytest.raises(ValueError):
+        check_worst_predictions(task.model, task, **kwargs)
+
+
+# ---------------------------------------------------------------- calibration: flipped labels on digits
+
+
+@pytest.mark.parametrize("flip", [0.0, 0.1])
+def test_calibration_flipped_digits_labels_come_first(flip):
+    from sklearn.datasets import load_digits
+
+    from dltips.training.fit import fit
+
+    d = load_digits()
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor(d.images[:600] / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target[:600])
+    n_flip = int(flip * len(y))
+    flipped = torch.randperm(len(y), generator=g)[:n_flip]
+    y_noisy = y.clone()
+    y_noisy[flipped] = (y[flipped] + torch.randint(1, 10, (n_flip,), generator=g)) % 10
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    task = Task(model, TensorDataset(x, y_noisy), TensorDataset(x[:50], y[:50]), batch_size=32)
+    fit(task, 15, progress=False, device="cpu")
+    (f,) = check_worst_predictions(task.model, task, top=n_flip or 10)
+    e = f.evidence
+    if flip == 0:
+        assert e["counts"]["confident_mistakes"] <= 2
+    else:
+        flipped = set(flipped.tolist())
+        assert sum(i in flipped for i in e["indices"][:n_flip]) >= 0.85 * n_flip
+        assert sum(i in flipped for i in e["confident_mistakes"]) >= 0.95 * len(e["confident_mistakes"])
+        assert len(e["confident_mistakes"]) >= 0.6 * n_flip

@@ -1,0 +1,156 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dltips import Task, doctor
+from dltips.cli import main
+from dltips.demos.digits import digits_task
+
+STATUSES = {"pass", "warn", "fail", "info", "skip"}
+
+
+def small_task(**changes):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=g)
+    x = torch.randn(300, 6, generator=g) + 4.0 * F.one_hot(y, 6).float()
+    data = TensorDataset(x, y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    sets = torch.utils.data.random_split(data, [200, 50, 50], generator=torch.Generator().manual_seed(0))
+    return Task(model, *sets, batch_size=32, **changes)
+
+
+def test_doctor_on_a_healthy_task_leaves_the_model_untouched_and_is_reproducible():
+    task = small_task()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    first = doctor(task, budget_s=8, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+    tips = [f.tip for f in first.findings]
+    for tip in ("verify-transforms", "initialization", "overfit-tiny", "default-lr", "overfit-then-regularize",
+                "error-gaps", "worst-predictions"):
+        assert tip in tips
+    assert not [f for f in first.findings if f.status in ("warn", "fail")]
+    second = doctor(small_task(), budget_s=8, progress=False)
+    assert [(f.tip, f.status) for f in first.findings] == [(f.tip, f.status) for f in second.findings]
+    data = json.loads(first.to_json())
+    assert data["summary"] == {s: sum(f.status == s for f in first.findings) for s in sorted(STATUSES, key=list(data["summary"]).index)}
+    assert data["task"]["n_train"] == 200
+
+
+def test_only_and_skip_select_tips():
+    report = doctor(small_task(), budget_s=5, only=["initialization", "verify-transforms"], progress=False)
+    assert {f.tip for f in report.findings} == {"initialization", "verify-transforms"}
+    report = doctor(small_task(), budget_s=5, skip=["worst-predictions", "default-lr"], progress=False)
+    assert not {"worst-predictions", "default-lr"} & {f.tip for f in report.findings}
+    with pytest.raises(ValueError, match="unknown tip"):
+        doctor(small_task(), only=["nope"])
+
+
+def test_a_model_that_cannot_overfit_skips_the_expensive_steps_with_the_reason():
+    task = small_task()
+    for p in task.model.parameters():
+        p.requires_grad_(False)
+    task.model[-1].bias.requires_grad_(True)
+    report = doctor(task, budget_s=8, progress=False)
+    status = {f.tip: f.status for f in report.findings}
+    assert status["overfit-tiny"] == "fail"
+    for tip in ("default-lr", "overfit-then-regularize", "error-gaps", "worst-predictions"):
+        assert status[tip] == "skip"
+        assert "overfit" in next(f.message for f in report.findings if f.tip == tip)
+
+
+def test_a_check_that_crashes_becomes_a_skip_finding(monkeypatch):
+    import dltips.training.lr_check as lr_check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lr_check, "check_lr", broken)
+    report = doctor(small_task(), budget_s=6, only=["default-lr"], progress=False)
+    (finding,) = report.findings
+    assert finding.status == "skip" and "boom" in finding.message
+
+
+TARGET = textwrap.dedent("""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from dltips import Task
+    import helper_next_to_target  # importable because the file's folder comes first on sys.path
+
+    def healthy():
+        g = torch.Generator().manual_seed(0)
+        y = torch.randint(0, 2, (120,), generator=g)
+        x = torch.randn(120, 4, generator=g) + 3.0 * y[:, None]
+        d = TensorDataset(x, y)
+        return Task(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)), d, d, batch_size=16)
+
+    def broken():
+        task = healthy()
+        task.model = nn.Sequential(task.model, nn.Softmax(1))
+        return task
+
+    def not_a_task():
+        return 42
+
+    def bad_labels():
+        d = TensorDataset(torch.randn(10, 4), torch.full((10,), 7))
+        return Task(nn.Linear(4, 2), d, d)
+""")
+
+
+@pytest.fixture
+def target_file(tmp_path):
+    (tmp_path / "helper_next_to_target.py").write_text("X = 1\n")
+    path = tmp_path / "my_task.py"
+    path.write_text(TARGET)
+    return path
+
+
+def test_cli_exit_codes_and_outputs(target_file, tmp_path, capsys):
+    json_path, html_path = tmp_path / "r.json", tmp_path / "r.html"
+    code = main(["doctor", f"{target_file}:healthy", "--budget", "5", "--json", str(json_path),
+                 "--html", str(html_path)])
+    assert code == 0
+    assert json.loads(json_path.read_text())["findings"]
+    assert "<html" in html_path.read_text().lower()
+    assert main(["doctor", f"{target_file}:broken", "--budget", "5", "--only", "initialization"]) == 1
+    capsys.readouterr()
+    for spec, words in ((f"{target_file}:not_a_task", "returned int"), (f"{target_file}:bad_labels", "Task.train"),
+                        (f"{target_file}:missing", "no function"), ("no_such_module:f", "No module named"),
+                        ("nocolon", "must look like")):
+        assert main(["doctor", spec]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+    assert main(["doctor", f"{target_file}:not_a_task", "--debug"]) == 2
+
+
+def test_cli_rejects_unknown_tips_and_two_targets(target_file):
+    with pytest.raises(SystemExit) as e:
+        main(["doctor", "--demo", "digits", "--only", "nope"])
+    assert e.value.code == 2
+    assert main(["doctor", f"{target_file}:healthy", "--demo", "digits"]) == 2
+
+
+@pytest.mark.slow
+def test_digits_demo_runs_clean_within_a_minute(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "dltips", "doctor", "--demo", "digits", "--html",
+                           str(tmp_path / "report.html"), "--json", str(tmp_path / "report.json")],
+                          capture_output=True, text=True, timeout=180)
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["summary"]["fail"] == 0
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert wall < 75  # 60 s budget, plus interpreter start-up and report writing
+    assert digits_task().n_classes == 10

@@ -1,0 +1,335 @@
+"""The report renderers: self-contained HTML (checked in a real browser), notebook view, terminal text."""
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dltips import Finding, Report
+from dltips.catalog import THEME_TITLES, THEMES
+from dltips.diagnosis import report as render
+from dltips.findings import STATUSES
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+EVIL = "<script>alert('x')</script>"
+
+
+def make_report() -> Report:
+    """A report with every status, every theme and every figure kind."""
+    steps = list(range(1, 61))
+    loss = np.exp(-np.arange(60) / 15.0) + 0.02
+    findings = [
+        Finding("initialization", "pass", "Loss at initialisation is as expected",
+                "Measured 2.31 at step 0; ln(10) = 2.30 for 10 balanced classes.",
+                evidence={"measured": torch.tensor(2.31), "expected": np.float64(2.302585),
+                          "per_class": list(range(100)), "nested": {"a": 1, "b": [1.5, float("nan")]}}),
+        Finding("overfit-tiny", "fail", "Cannot overfit one example",
+                f"The loss stayed at 2.3 after 200 steps. {EVIL}", fix=f"Check the loss function. {EVIL}",
+                figures=[{"kind": "lines", "title": "Loss on one example", "x": steps,
+                          "series": {"train": loss.tolist(), "valid": [None] + (loss[1:] * 1.3).tolist()},
+                          "xlabel": "step", "ylabel": "loss", "ylog": True, "band": [0.01, 0.1]}]),
+        Finding("one-cycle", "info", "One-cycle schedule", "Warm-up 25% of 1,000 steps, peak 3e-3."),
+        Finding("worst-predictions", "warn", "Confident mistakes among the worst predictions",
+                "5 of the 16 worst examples are scored above 0.9 for a wrong class.",
+                fix="Look at these examples: wrong labels or a preprocessing bug?",
+                figures=[{"kind": "images", "title": "Worst predictions",
+                          "images": [torch.rand(8, 8) for _ in range(5)]
+                          + [np.random.rand(3, 16, 16), np.ones((1, 8, 8))],
+                          "captions": [f"true {i}, predicted {(i + 3) % 10}" for i in range(7)]}]),
+        Finding("update-ratio", "warn", "Some layers update too slowly", "2 of 6 layers below 1e-4.",
+                fix="Raise the learning rate.",
+                figures=[{"kind": "lines", "title": "Update / weight ratio", "x": steps,
+                          "series": {f"layer{i}": (10.0 ** -(i + 1) * np.ones(60)).tolist() for i in range(4)},
+                          "xlabel": "step", "ylabel": "ratio", "xlog": True, "ylog": True, "band": [1e-3, 1e-1]}]),
+        Finding("error-gaps", "info", "The three error gaps", "train 1.0%, valid 5.0%, test 5.5%.",
+                figures=[{"kind": "table", "title": "Error by split", "columns": ["split", "error", "note"],
+                          "rows": [["train", 0.01, "bias"], ["valid", 0.05, "variance"], ["test", 0.055, EVIL]]}]),
+        Finding("gradient-accumulation", "pass", "Accumulation matches the large batch", "max difference 1e-7"),
+        Finding("weight-tying", "skip", "Skipped: not a language model", "The task kind is classification."),
+        Finding("categorical-embedding-size", "skip", "Skipped: no categorical inputs", "No embeddings found."),
+    ]
+    return Report(task={"name": "digits", "kind": "classification", "n_classes": 10, "n_params": 12345,
+                        "n_train": 1000, "n_valid": 200, "n_test": 0},
+                  findings=findings, duration_s=12.34, timings={"initialization": 0.5, "overfit-tiny": 3.2})
+
+
+@pytest.fixture(scope="module")
+def rendered() -> tuple[Report, str]:
+    report = make_report()
+    return report, report.to_html()
+
+
+def test_html_is_self_contained_with_every_status_theme_and_figure(rendered):
+    report, text = rendered
+    assert text.startswith("<!DOCTYPE html>")
+    assert not re.search(r"https?://", text), "the report must not reach the network"
+    assert "<script" not in text and "<link" not in text
+    for status in STATUSES:
+        assert f'<span class="badge {status}">{status}</span>' in text
+        assert f'<article class="finding {status}">' in text
+    for finding in report.findings:
+        assert html.escape(finding.title) in text and f"<code class=tip>{finding.tip}</code>" in text
+    headings = re.findall(r"<h2>(.*?)</h2>", text)
+    assert headings == [html.escape(THEME_TITLES[t]) for t in THEMES]  # every theme, in catalog order
+    # findings keep their given order inside a theme
+    assert text.index("Loss at initialisation") < text.index("Cannot overfit") < text.index("One-cycle schedule")
+    assert "Check the loss function." in text and 'class="fix"' in text
+    # 2 line plots + 7 images, each a PNG data URI that decodes
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(uris) == 9
+    assert all(base64.b64decode(u).startswith(b"\x89PNG\r\n\x1a\n") for u in uris)
+    assert re.findall(r"<table class=\"data\">", text) and ">variance<" in text
+    assert "12,345" in text and "12.3 s" in text
+
+
+def test_themes_follow_the_catalog_whatever_the_order_given():
+    shuffled = [dataclasses.replace(f, figures=[]) for f in reversed(make_report().findings)]
+    text = render.render_html(Report(task={}, findings=shuffled))
+    assert re.findall(r"<h2>(.*?)</h2>", text) == [html.escape(THEME_TITLES[t]) for t in THEMES]
+    titles = re.findall(r"<h3>(.*?)</h3>", text)
+    assert titles.index("One-cycle schedule") < titles.index("Cannot overfit one example")  # given order kept
+    assert "<title>dltips report: task</title>" in text
+
+
+def test_text_is_escaped_everywhere(rendered):
+    text = rendered[1]
+    assert EVIL not in text and "<script" not in text
+    assert html.escape(EVIL) in text
+    assert text.count(html.escape(EVIL)) == 3  # message, fix, table cell
+
+
+def test_evidence_is_compact_and_truncated(rendered):
+    text = rendered[1]
+    evidence = text[text.index('<details class="evidence">'):text.index("</details>")]
+    assert "[0, 1, 2, 3, 4, 5, 6, 7, … 92 more]" in evidence
+    assert ", 8," not in evidence and "99" not in evidence
+    assert "<th scope=\"row\">measured</th><td>2.31</td>" in evidence  # a tensor, shown as a number
+    assert "[1.5, nan]" in evidence  # nested dict as a nested table, nan spelled out
+    assert render.compact({f"k{i}": i for i in range(10)}, max_items=2) == "{k0: 0, k1: 1, … 8 more}"
+    assert render.compact("x" * 1000).endswith("…") and len(render.compact("x" * 1000)) == render.MAX_CHARS
+
+
+def test_png_encoder_round_trips_through_pillow():
+    from PIL import Image
+
+    gray = np.arange(12 * 7, dtype=np.uint8).reshape(7, 12) * 3
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 9, 3), dtype=np.uint8)
+    for pixels in (gray, rgb):
+        decoded = np.asarray(Image.open(io.BytesIO(render.png_bytes(pixels))))
+        np.testing.assert_array_equal(decoded, pixels)
+
+
+def test_images_are_min_max_scaled_in_every_layout():
+    gray = render.image_pixels(torch.tensor([[-1.0, 0.0], [1.0, float("nan")]]))
+    np.testing.assert_array_equal(gray, [[0, 128], [255, 0]])
+    rgb = render.image_pixels(np.stack([np.zeros((2, 3)), np.ones((2, 3)), np.full((2, 3), 0.5)]))
+    assert rgb.shape == (2, 3, 3) and rgb[0, 0].tolist() == [0, 255, 128]
+    assert render.image_pixels(np.ones((1, 4, 5))).shape == (4, 5)  # constant: no division by zero
+    with pytest.raises(ValueError, match="shape"):
+        render.image_pixels(np.ones((2, 4, 5)))
+    bad = render.figure_html({"kind": "images", "title": "t", "images": [np.ones((7, 2, 2))]})
+    assert "(7, 2, 2)" in bad  # a bad image is reported, not fatal
+
+
+def test_without_matplotlib_plots_become_tables_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    text = make_report().to_html()
+    assert html.escape('pip install "dltips[report]"') in text
+    assert len(re.findall(r'src="data:image/png', text)) == 7  # the image grid needs no matplotlib
+    assert '<th scope="col">layer3</th>' in text and "… 10 more rows" in text
+
+
+def test_a_plot_that_cannot_be_drawn_becomes_a_table():
+    figure = {"kind": "lines", "title": "t", "x": [1, 2], "series": {"a": [1, 2]}, "ylabel": "$\\frac{$"}
+    text = render.figure_html(figure)
+    assert "Could not draw this plot" in text and "<img" not in text and '<th scope="col">a</th>' in text
+
+
+def test_terminal_plain_text_has_every_finding_and_fix(capsys):
+    report = make_report()
+    stream = io.StringIO()
+    render.render_terminal(report, stream)
+    text = stream.getvalue()
+    assert "\x1b[" not in text
+    lines = text.splitlines()
+    for finding in report.findings:
+        line = next(line for line in lines if f" {finding.tip} " in line)
+        assert finding.status.upper() in line and finding.title in line
+        if finding.fix:
+            assert f"fix: {finding.fix}" in text
+    assert [line for line in lines if line in {THEME_TITLES[t] for t in THEMES}] == [THEME_TITLES[t] for t in THEMES]
+    assert lines[-1] == "2 pass, 2 warn, 1 fail, 2 info, 2 skip"
+    report.print()  # stdout is captured, not a terminal: plain text
+    assert capsys.readouterr().out == text
+
+
+def test_terminal_uses_rich_when_given_a_console():
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    make_report().print(console)
+    text = console.file.getvalue()
+    assert "\x1b[" in text and "overfit-tiny" in text and "Check the loss function." in text
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_colours_only_with_rich_on_a_terminal(monkeypatch):
+    report = Report(task={"name": "t"}, findings=[Finding("mixup", "warn", "Mixup off", "alpha 0", fix="use 0.4")])
+    monkeypatch.setattr(sys, "stdout", FakeTerminal())
+    report.print()
+    assert "\x1b[" in sys.stdout.getvalue()
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    monkeypatch.setattr(sys, "stdout", FakeTerminal())
+    report.print()
+    text = sys.stdout.getvalue()
+    assert "\x1b[" not in text and "WARN  mixup  Mixup off" in text and "fix: use 0.4" in text
+
+
+def test_notebook_view_is_the_report_body(rendered):
+    report, text = rendered
+    fragment = report._repr_html_()
+    assert fragment.startswith('<div class="dltips-report"><style>') and fragment.endswith("</div>")
+    assert "<html" not in fragment and fragment in text
+
+
+def test_to_html_writes_atomically(rendered, tmp_path, monkeypatch):
+    report, text = rendered
+    path = tmp_path / "out" / "report.html"
+    assert report.to_html(path) == text  # same text with or without a path
+    assert path.read_text(encoding="utf-8") == text
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        report.to_html(path)
+    assert path.read_text(encoding="utf-8") == text  # the old file is intact
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.html"]  # no temporary left
+
+
+# ---------------------------------------------------------------------------
+# a real browser, driven over chromedriver's W3C WebDriver HTTP API
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+class WebDriver:
+    """A headless Chromium session; only the few WebDriver calls the test needs."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.session = None
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if self.call("GET", "/status").get("ready"):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("chromedriver did not start")
+            time.sleep(0.1)
+        args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=1200,1000", f"--user-data-dir={tmp_path / 'profile'}"]
+        capabilities = {"browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"},
+                        "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}
+        self.session = self.call("POST", "/session", {"capabilities": {"alwaysMatch": capabilities}})["sessionId"]
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        if self.session is not None and path != "/status":
+            path = f"/session/{self.session}{path}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["value"]
+
+    def open(self, path: Path) -> None:
+        self.call("POST", "/url", {"url": path.resolve().as_uri()})
+
+    def run(self, script: str):
+        return self.call("POST", "/execute/sync", {"script": script, "args": []})
+
+    def console(self) -> list[dict]:
+        """Browser console entries since the last call."""
+        return self.call("POST", "/se/log", {"type": "browser"})
+
+    def close(self) -> None:
+        try:
+            if self.session is not None:
+                self.call("DELETE", "")
+        finally:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
+    driver = WebDriver(tmp_path)
+    yield driver
+    driver.close()
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium_without_console_errors(rendered, browser, tmp_path):
+    # the console log is read for real: a page that logs an error shows up
+    control = tmp_path / "control.html"
+    control.write_text("<!DOCTYPE html><script>console.error('dltips-control')</script>")
+    browser.open(control)
+    assert any("dltips-control" in entry["message"] for entry in browser.console())
+
+    report, text = rendered
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = ARTIFACTS / "report.html"
+    page.write_text(text, encoding="utf-8")
+    browser.open(page)
+    state = browser.run("""return {
+        title: document.title,
+        findings: Array.from(document.querySelectorAll('article.finding h3'), h => h.textContent),
+        badges: Array.from(document.querySelectorAll('article .badge'), b => getComputedStyle(b).backgroundColor),
+        images: document.images.length,
+        broken: Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length,
+        overflow: document.documentElement.scrollWidth > window.innerWidth,
+        height: document.documentElement.scrollHeight};""")
+    entries = browser.console()
+    assert entries == [], f"console messages: {entries}"
+    assert state["title"] == "dltips report: digits"
+    assert state["findings"] == [f.title for f in report.findings]
+    assert len(set(state["badges"])) == len(STATUSES)  # one colour per status
+    assert state["images"] == 9 and state["broken"] == 0
+    assert not state["overflow"]
+    browser.call("POST", "/window/rect", {"width": 1200, "height": min(int(state["height"]) + 100, 8000)})
+    png = base64.b64decode(browser.call("GET", "/screenshot"))
+    assert png.startswith(b"\x89PNG")
+    (ARTIFACTS / "report.png").write_bytes(png)

@@ -1,0 +1,215 @@
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dltips.findings import Report
+from dltips.monitor.gaps import check_error_gaps, measure_error_gaps
+from dltips.predict import evenly_spaced
+from dltips.task import Task
+
+# (train, valid, test, baseline) -> (status, dominant gap); the runs of the module docstring,
+# plus the brief's reference cases.
+CALIBRATION = [
+    ("digits CNN 10 epochs", (0.000, 0.017, 0.017, 0.905), "pass", None),
+    ("digits CNN 3 epochs", (0.032, 0.064, 0.031, 0.905), "pass", None),
+    ("short healthy run", (0.01, 0.03, 0.03, 0.9), "pass", None),
+    ("linear on pooled digits", (0.535, 0.529, 0.533, 0.905), "warn", "bias"),
+    ("MLP on 60 items", (0.000, 0.203, 0.169, 0.905), "warn", "variance"),
+    ("memorised shuffled labels", (0.000, 0.877, 0.908, 0.914), "warn", "variance"),
+    ("best of 100 seeds", (0.667, 0.600, 0.747, 0.8), "warn", "bias"),
+    ("underfitting", (0.5, 0.52, 0.5, 0.9), "warn", "bias"),
+    ("overfitting", (0.0, 0.3, None, 0.9), "warn", "variance"),
+    ("validation overfitting", (0.02, 0.05, 0.2, 0.9), "warn", "valid_overfit"),
+]
+
+
+@pytest.mark.parametrize("name, errors, status, dominant", CALIBRATION, ids=[c[0] for c in CALIBRATION])
+def test_calibration(name, errors, status, dominant):
+    (f,) = check_error_gaps(*errors)
+    assert f.tip == "error-gaps"
+    assert f.status == status
+    assert f.evidence["dominant"] == dominant
+    assert (f.fix is None) == (status == "pass")
+
+
+def test_titles_name_the_dominant_problem_and_messages_carry_the_numbers():
+    (bias,) = check_error_gaps(0.5, 0.52, 0.5, 0.9)
+    assert "bias" in bias.title.lower() and "50.0%" in bias.title
+    assert "bigger model" in bias.fix
+    (var,) = check_error_gaps(0.0, 0.3, None, 0.9)
+    assert "variance" in var.title.lower() and "30.0%" in var.message and "no test set" in var.message
+    assert "more training data" in var.fix
+    (val,) = check_error_gaps(0.02, 0.05, 0.2, 0.9)
+    assert "validation set" in val.title and "20.0%" in val.message and "5.0%" in val.message
+    assert "fresh validation set" in val.fix
+
+
+def test_thresholds_follow_the_documented_rule():
+    # baseline 0.9: bias limit max(0.05, 0.2 * 0.9) = 0.18, gap limits max(0.05, 0.15 * 0.9) = 0.135
+    assert check_error_gaps(0.17, 0.17, baseline_error=0.9)[0].status == "info"  # above the mild 0.09
+    assert check_error_gaps(0.19, 0.19, baseline_error=0.9)[0].status == "warn"
+    assert check_error_gaps(0.08, 0.08, baseline_error=0.9)[0].status == "pass"
+    assert check_error_gaps(0.0, 0.13, baseline_error=0.9)[0].status == "info"
+    assert check_error_gaps(0.0, 0.14, baseline_error=0.9)[0].status == "warn"
+    assert check_error_gaps(0.0, 0.06, baseline_error=0.9)[0].status == "pass"  # below the mild 0.0675
+    # baseline 0.1 (a rare positive class): the floor of 0.05 rules, not 0.15 * 0.1 = 0.015
+    assert check_error_gaps(0.0, 0.04, baseline_error=0.1)[0].status == "info"
+    assert check_error_gaps(0.0, 0.06, baseline_error=0.1)[0].status == "warn"
+    (f,) = check_error_gaps(0.0, 0.06, 0.06, baseline_error=0.1)
+    gaps = f.evidence["gaps"]
+    assert gaps["bias"]["large"] == pytest.approx(0.05) and gaps["variance"]["large"] == pytest.approx(0.05)
+    assert gaps["variance"]["mild"] == pytest.approx(0.025)
+    assert gaps["variance"]["value"] == pytest.approx(0.06) and gaps["valid_overfit"]["value"] == pytest.approx(0.0)
+
+
+def test_without_a_baseline_error_rates_use_a_scale_of_one_half():
+    (f,) = check_error_gaps(0.09, 0.09)
+    assert f.evidence["scale"] == 0.5 and f.evidence["gaps"]["bias"]["large"] == pytest.approx(0.1)
+    assert f.status == "info"
+    assert check_error_gaps(0.11, 0.11)[0].status == "warn"
+
+
+def test_a_model_worse_than_the_baseline_is_called_so():
+    (f,) = check_error_gaps(0.95, 0.95, 0.95, 0.9)
+    assert f.status == "warn" and "no better than the baseline" in f.message
+
+
+@pytest.mark.parametrize(
+    "errors, status, dominant",
+    [
+        ((0.1, 0.12, 0.11, 1.0), "pass", None),  # training R^2 0.9
+        ((0.3, 0.32, 0.31, 1.0), "warn", "bias"),  # training R^2 0.7
+        ((0.15, 0.16, 0.16, 1.0), "info", "bias"),  # between 0.1 and 0.2 of the baseline MSE
+        ((0.02, 0.4, 0.4, 1.0), "warn", "variance"),
+        ((50.0, 52.0, 51.0, 1000.0), "pass", None),  # scale-free: only fractions of the baseline
+    ],
+)
+def test_regression_uses_fractions_of_the_baseline_mse(errors, status, dominant):
+    (f,) = check_error_gaps(*errors, kind="regression")
+    assert (f.status, f.evidence["dominant"]) == (status, dominant)
+
+
+def test_regression_without_baseline_judges_gaps_by_ratio_and_not_bias():
+    (f,) = check_error_gaps(3.0, 3.3, kind="regression")
+    assert f.status == "pass" and "not judged" in f.message
+    assert f.evidence["gaps"]["bias"]["level"] == "none"
+    assert check_error_gaps(3.0, 6.3, kind="regression")[0].status == "warn"  # valid > 2 x train
+    assert check_error_gaps(3.0, 4.5, kind="regression")[0].status == "info"  # valid > 4/3 x train
+    assert check_error_gaps(3.0, 3.2, 7.0, kind="regression")[0].evidence["dominant"] == "valid_overfit"
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        ((-0.1, 0.2), {}, "train_error"),
+        ((0.1, 1.2), {}, "valid_error"),
+        ((0.1, 0.2, math.nan), {}, "test_error"),
+        ((0.1, 0.2, None, "0.9"), {}, "baseline_error"),
+        ((0.1, 0.2), {"kind": "ranking"}, "kind"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        check_error_gaps(*args, **kwargs)
+
+
+def test_regression_errors_may_exceed_one():
+    assert check_error_gaps(8.0, 9.0, 9.0, 100.0, kind="regression")[0].status == "pass"
+
+
+def test_evidence_is_json_and_holds_errors_gaps_and_thresholds():
+    (f,) = check_error_gaps(0.0, 0.3, 0.31, 0.9)
+    report = Report(task={"name": "t"}, findings=[f])
+    data = json.loads(report.to_json())["findings"][0]["evidence"]
+    assert data["errors"] == {"train": 0.0, "valid": 0.3, "test": 0.31, "baseline": 0.9}
+    assert set(data["gaps"]) == {"bias", "variance", "valid_overfit"}
+    assert data["gaps"]["variance"]["level"] == "large"
+    assert data["limits"]["bias"] == [0.05, 0.2]
+
+
+def test_evenly_spaced():
+    assert evenly_spaced(5, None) == [0, 1, 2, 3, 4]
+    assert evenly_spaced(5, 10) == [0, 1, 2, 3, 4]
+    picked = evenly_spaced(10_000, 2000)
+    assert len(picked) == 2000 and picked[0] == 0 and picked[-1] == 9999
+    steps = {b - a for a, b in itertools.pairwise(picked)}
+    assert steps <= {5, 6}
+    assert evenly_spaced(7, 1) == [0]
+
+
+# ---------------------------------------------------------------- measure_error_gaps
+
+
+class Lookup(nn.Module):
+    """A 'model' that returns a fixed row of logits per item; x is the item's id."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, x):
+        return self.logits[x.long().squeeze(-1)]
+
+
+def lookup_task(n_train=3000, n_valid=200, n_test=100, wrong_train=lambda i: False, wrong_eval=lambda i: False):
+    n = n_train + n_valid + n_test
+    labels = torch.arange(n) % 3
+    logits = torch.full((n, 3), -4.0)
+    for i in range(n):
+        wrong = wrong_train(i) if i < n_train else wrong_eval(i - n_train)
+        logits[i, (labels[i] + int(wrong)) % 3] = 4.0
+    ids = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+
+    def split(a, b):
+        return TensorDataset(ids[a:b], labels[a:b])
+
+    model = Lookup(logits)
+    return Task(model, split(0, n_train), split(n_train, n_train + n_valid),
+                split(n_train + n_valid, n), batch_size=256)
+
+
+def test_measure_error_gaps_measures_each_split():
+    # wrong on the first half of the training set, on a quarter of valid and test (every 4th item)
+    task = lookup_task(wrong_train=lambda i: i < 1500, wrong_eval=lambda i: i % 4 == 0)
+    (f,) = measure_error_gaps(task.model, task)
+    errors = f.evidence["errors"]
+    assert errors["train"] == pytest.approx(0.5, abs=1e-3)  # 2000 evenly spaced of 3000 items
+    assert errors["valid"] == pytest.approx(50 / 200) and errors["test"] == pytest.approx(25 / 100)
+    # validation labels 0, 1, 2 occur 67, 67 and 66 times: the majority class is right on 66 or 67 items
+    assert 1 - 67 / 200 - 1e-12 <= errors["baseline"] <= 1 - 66 / 200 + 1e-12
+    assert f.evidence["n_items"] == {"train": 2000, "train_total": 3000, "valid": 200, "test": 100}
+    assert f.status == "warn" and f.evidence["dominant"] == "bias"
+
+
+def test_measure_error_gaps_healthy_model_passes_and_model_is_untouched():
+    task = lookup_task(n_train=500, wrong_eval=lambda i: i % 50 == 0)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    task.model.train()
+    (f,) = measure_error_gaps(task.model, task)
+    assert f.status == "pass"
+    assert f.evidence["errors"]["train"] == 0.0 and f.evidence["errors"]["valid"] == pytest.approx(4 / 200)
+    assert task.model.training
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+
+
+def test_measure_error_gaps_without_test_set():
+    task = lookup_task(n_train=300)
+    task.test = None
+    (f,) = measure_error_gaps(task.model, task)
+    assert f.evidence["errors"]["test"] is None and f.evidence["n_items"]["test"] == 0
+    assert f.evidence["gaps"]["valid_overfit"]["value"] is None
+
+
+def test_a_gap_within_sampling_noise_is_not_called_large():
+    # valid - train = 0.20 > the fixed limit 0.15 * 1.0, but the validation estimate is noisy (SE 0.12)
+    noisy = check_error_gaps(0.10, 0.30, None, 1.0, kind="regression", standard_errors={"train": 0.02, "valid": 0.12})
+    gap = noisy[0].evidence["gaps"]["variance"]
+    assert gap["large"] == pytest.approx(2 * math.hypot(0.02, 0.12))
+    assert gap["level"] == "mild" and noisy[0].status == "info"
+    precise = check_error_gaps(0.10, 0.30, None, 1.0, kind="regression", standard_errors={"train": 0.01, "valid": 0.02})
+    assert precise[0].evidence["gaps"]["variance"]["level"] == "large" and precise[0].status == "warn"

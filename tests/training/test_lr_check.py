@@ -1,0 +1,211 @@
+import functools
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dltips.findings import Report
+from dltips.task import Task
+from dltips.training import lr_check
+from dltips.training.lr import LRFinderResult, default_lr
+from dltips.training.lr_check import check_lr
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def standardise(x):
+    std = x.std(0)
+    return (x - x.mean(0)) / np.where(std > 0, std, 1)
+
+
+def spirals(n=1000, seed=0):
+    g = np.random.default_rng(seed)
+    t = g.random(n) * 3 * np.pi + 0.5
+    c = g.integers(0, 2, n)
+    angle = t + c * np.pi
+    r = t / (3 * np.pi)
+    return np.c_[r * np.cos(angle), r * np.sin(angle)] * 2 + g.normal(0, 0.05, (n, 2)), c
+
+
+@functools.cache
+def dataset(name):
+    from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+
+    if name == "spirals":
+        return spirals()
+    if name == "digits-images":
+        d = load_digits()
+        return d.images[:, None] / 16.0, d.target
+    data = {"digits": load_digits, "wine": load_wine, "breast_cancer": load_breast_cancer}[name]()
+    return standardise(data.data), data.target
+
+
+def model_for(name, n_in, n_out):
+    if name == "digits-images":
+        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, n_out))
+    return nn.Sequential(nn.Linear(n_in, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, n_out))
+
+
+def make_task(name, optimizer=None, seed=0):
+    x, y = dataset(name)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(seed)
+    model = model_for(name, x.shape[1], int(y.max()) + 1)
+    return Task(model, TensorDataset(x, y), TensorDataset(x[:20], y[:20]), optimizer=optimizer)
+
+
+def sgd(p):
+    return torch.optim.SGD(p, lr=0.1, momentum=0.9)
+
+
+def adamw(lr):
+    return lambda p: torch.optim.AdamW(p, lr=lr)
+
+
+# The calibration of the module docstring: (data, optimizer, seed) -> status, and which side for warnings.
+HEALTHY = [(name, opt, seed) for name in ("digits", "wine", "breast_cancer", "spirals")
+           for opt in ("adamw-default", "sgd") for seed in (0, 1)] + [("digits-images", "adamw-default", 0),
+                                                                    ("digits-images", "sgd", 0)]
+BROKEN = [(name, lr, 0) for name in ("wine", "spirals") for lr in (1.0, 10.0, 1e-7)] + [
+    ("spirals", 1.0, 1), ("digits-images", 1.0, 0), ("digits-images", 1e-7, 0)]
+
+
+@pytest.mark.parametrize("name, opt, seed", HEALTHY)
+def test_calibration_healthy_learning_rates_pass(name, opt, seed):
+    task = make_task(name, None if opt == "adamw-default" else sgd, seed)
+    (f,) = check_lr(task, seed=seed)
+    assert f.tip == "default-lr"
+    assert f.status == "pass", f.message
+    assert f.fix is None
+    e = f.evidence
+    assert 1e-3 < e["ratio_to_min"] <= 1.0
+
+
+@pytest.mark.parametrize("name, lr, seed", BROKEN)
+def test_calibration_broken_learning_rates_warn(name, lr, seed):
+    task = make_task(name, adamw(lr), seed)
+    (f,) = check_lr(task, seed=seed)
+    assert f.status == "warn", f.message
+    e = f.evidence
+    if lr >= 1.0:
+        assert e["ratio_to_min"] > 1.0 and "past the loss minimum" in f.title
+    else:
+        assert e["ratio_to_min"] < 1e-3 and "far below" in f.title
+    assert f"{e['suggestion']:.3g}" in f.fix
+
+
+def test_evidence_reports_the_task_lr_default_and_curve():
+    task = make_task("wine")
+    (f,) = check_lr(task, num_steps=60)
+    e = f.evidence
+    assert e["task_lr"] == task.make_optimizer(task.model).param_groups[0]["lr"] == default_lr(task.model)
+    assert e["default_lr"] == default_lr(task.model) and e["optimizer_family"] == "adamw"
+    assert e["suggestion"] == pytest.approx(e["min_loss_lr"] / 10)
+    lrs = e["curve"]["lr"]
+    assert lrs[0] == pytest.approx(1e-7) and all(b > a for a, b in itertools.pairwise(lrs))
+    assert len(lrs) <= 60 and e["ratio_to_min"] == pytest.approx(e["task_lr"] / e["min_loss_lr"])
+    fig = f.figures[0]
+    assert fig["kind"] == "lines" and fig["xlog"] is True and fig["x"] == lrs
+    assert len(fig["series"]["smoothed loss"]) == len(lrs)
+    json.loads(Report(task={}, findings=[f]).to_json())
+    sgd_task = make_task("wine", sgd)
+    (g,) = check_lr(sgd_task, num_steps=30)
+    assert g.evidence["task_lr"] == 0.1 and g.evidence["default_lr"] == 0.1
+
+
+def test_the_users_model_and_rng_are_untouched_and_results_repeat():
+    task = make_task("breast_cancer")
+    task.model.eval()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    (a,) = check_lr(task, num_steps=40, seed=3)
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+    assert not task.model.training and all(p.grad is None for p in task.model.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+    (b,) = check_lr(task, num_steps=40, seed=3)
+    assert a.evidence["curve"] == b.evidence["curve"]
+
+
+def test_augmentation_is_applied_to_the_range_test_batches():
+    seen = []
+
+    def augment(x):
+        seen.append(x.shape)
+        return x
+
+    task = make_task("wine")
+    task.augment = augment
+    check_lr(task, num_steps=10)
+    assert len(seen) == 10
+
+
+def fake_curve(min_lr):
+    """A range-test result whose loss bottoms out at `min_lr`."""
+    lrs = list(np.geomspace(1e-7, 10, 100))
+    i = int(np.argmin(np.abs(np.log(lrs) - math.log(min_lr))))
+    losses = [2.0 - 1.5 * k / i if k <= i else 0.5 + (k - i) for k in range(100)]
+    return LRFinderResult(lrs, losses, losses, lrs[i] / 10, lrs[i // 2], lrs[i], False)
+
+
+@pytest.mark.parametrize(
+    "task_lr, status, side",
+    [(0.05, "pass", None), (0.09, "pass", None), (0.12, "warn", "past"), (1.2e-4, "pass", None),
+     (5e-5, "warn", "far below"), (1e-6, "warn", "far below")],
+)
+def test_verdict_thresholds_against_a_known_curve(monkeypatch, task_lr, status, side):
+    curve = fake_curve(0.1)
+    monkeypatch.setattr(lr_check, "lr_find", lambda *args, **kwargs: curve)
+    (f,) = check_lr(make_task("wine", adamw(task_lr)))
+    assert f.status == status
+    if side:
+        assert side in f.title
+    assert f.evidence["min_loss_lr"] == curve.min_loss_lr
+
+
+def test_a_curve_that_never_falls_is_inconclusive(monkeypatch):
+    lrs = list(np.geomspace(1e-7, 10, 100))
+    flat = LRFinderResult(lrs, [1.0] * 100, [1.0] * 100, 1e-8, None, 1e-7, False)
+    monkeypatch.setattr(lr_check, "lr_find", lambda *args, **kwargs: flat)
+    (f,) = check_lr(make_task("wine"))
+    assert f.status == "info" and "inconclusive" in f.title
+
+
+class Frozen(nn.Module):
+    """Its output does not depend on its parameter: the loss cannot fall."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.zeros(len(x), 3) + 0 * self.w
+
+
+def test_a_model_that_cannot_learn_is_inconclusive():
+    x, y = torch.randn(100, 4), torch.arange(100) % 3
+    task = Task(Frozen(), TensorDataset(x, y), TensorDataset(x, y))
+    (f,) = check_lr(task, num_steps=30)
+    assert f.status == "info"
+
+
+class NaNModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) * torch.tensor(float("nan")) if self.training else self.linear(x)
+
+
+def test_a_loss_that_is_not_finite_fails():
+    x, y = torch.randn(100, 4), torch.arange(100) % 3
+    task = Task(NaNModel(), TensorDataset(x, y), TensorDataset(x, y))
+    (f,) = check_lr(task, num_steps=20)
+    assert f.status == "fail" and "not finite" in f.title
