@@ -7,6 +7,7 @@ shape instead of as a deep traceback in the middle of training.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -138,6 +139,18 @@ DEFAULT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
     "regression": regression_loss,
     "language-model": language_model_loss,
 }
+
+
+def choose_device(device: str | torch.device = "auto", rank: int = 0) -> torch.device:
+    """`device`, where "auto" means this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else CPU."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return device
 
 
 def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:

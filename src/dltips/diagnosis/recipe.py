@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from dltips.catalog import TIPS
 from dltips.findings import Finding, Report
-from dltips.task import Task, to_device
+from dltips.task import Task, choose_device, to_device
 
 # Shares of the training budget (what is left after the cheap checks).
 SHARES = {"overfit-tiny": 0.20, "default-lr": 0.10, "short-run": 0.40, "overfit-then-regularize": 0.20}
@@ -57,7 +57,7 @@ class Doctor:
                 raise ValueError(f"{name}: unknown tip ids {unknown}; valid ids: {', '.join(TIPS)}")
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be positive, got {self.budget_s!r}")
-        self.device = _resolve_device(self.device)
+        self.device = choose_device(self.device)
         self._start = time.perf_counter()
 
     def wanted(self, tip: str) -> bool:
@@ -195,15 +195,6 @@ def doctor(
     """
     return Doctor(task, budget_s, seed, device, set(only) if only is not None else None, set(skip or ()),
                   progress, debug).run()
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
-    return device
 
 
 def _seconds_per_step(task: Task, device: torch.device, repeats: int = 3) -> float:

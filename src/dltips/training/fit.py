@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dltips.io import atomic_write
-from dltips.task import Task, count_items, to_device
+from dltips.task import Task, choose_device, count_items, to_device
 from dltips.training.accumulate import GradientAccumulator
 from dltips.training.callbacks import Callback, ProgressBar
 from dltips.training.lr import get_rng_state, set_rng_state
@@ -157,7 +157,7 @@ def fit(
     _check_fit_args(epochs, recipe, checkpoint_every, max_steps, sync_every)
     task.validate()
     rank, world_size, owns_group = _init_distributed()
-    device = _resolve_device(device, rank)
+    device = choose_device(device, rank)
     if seed is not None:
         _seed_everything(seed + rank)
 
@@ -388,17 +388,6 @@ def _init_distributed() -> tuple[int, int, bool]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
     return 0, 1, False
-
-
-def _resolve_device(device: str | torch.device, rank: int) -> torch.device:
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu' or 'auto'")
-    return device
 
 
 def _seed_everything(seed: int) -> None:
