@@ -29,8 +29,9 @@ from dltips.catalog import TIPS
 from dltips.findings import Finding, Report
 from dltips.task import Task, choose_device, to_device
 
-# Shares of the training budget (what is left after the cheap checks).
-SHARES = {"overfit-tiny": 0.20, "default-lr": 0.10, "short-run": 0.40, "overfit-then-regularize": 0.20}
+# Shares of the training budget (what is left after the cheap checks); the LR range test
+# (a fixed 100 steps) and the evaluations after the short run use the rest.
+SHARES = {"overfit-tiny": 0.20, "short-run": 0.40, "overfit-then-regularize": 0.20}
 SHORT_RUN_TIPS = ("error-gaps", "worst-predictions")
 
 
