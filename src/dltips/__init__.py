@@ -1,8 +1,8 @@
 """dltips: the practical heuristics of training deep networks, as code.
 
-Three layers: `dltips` on the command line; `dltips.fit(task)` (and, to come,
-`dltips.doctor(task)`) as single calls; and the parts below, each usable alone
-in a hand-written PyTorch loop.
+Three layers: `dltips` on the command line; `dltips.fit(task)` and
+`dltips.doctor(task)` as single calls; and the parts below (`watch`, `OneCycle`,
+`Mixup`, ...), each usable alone in a hand-written PyTorch loop.
 
 The public names are imported on first use, so that `dltips tips` answers
 without paying for `import torch`.
@@ -23,6 +23,9 @@ _EXPORTS = {
     "dltips.data.worst": ["check_worst_predictions"],
     "dltips.findings": ["Finding", "Report"],
     "dltips.monitor.gaps": ["check_error_gaps", "measure_error_gaps"],
+    "dltips.monitor.metrics": ["MetricTracker"],
+    "dltips.monitor.sinks": ["JsonlSink", "MemorySink", "TensorBoardSink", "read_jsonl"],
+    "dltips.monitor.watch": ["Watch", "watch"],
     "dltips.task": ["Task", "TaskError"],
     "dltips.training.accumulate": ["GradientAccumulator"],
     "dltips.training.callbacks": ["Callback", "ProgressBar"],
@@ -60,6 +63,9 @@ if TYPE_CHECKING:
     from dltips.data.worst import check_worst_predictions
     from dltips.findings import Finding, Report
     from dltips.monitor.gaps import check_error_gaps, measure_error_gaps
+    from dltips.monitor.metrics import MetricTracker
+    from dltips.monitor.sinks import JsonlSink, MemorySink, TensorBoardSink, read_jsonl
+    from dltips.monitor.watch import Watch, watch
     from dltips.task import Task, TaskError
     from dltips.training.accumulate import GradientAccumulator
     from dltips.training.callbacks import Callback, ProgressBar

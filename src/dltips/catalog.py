@@ -165,12 +165,14 @@ _TIPS = [
         "activation-gradient-stats", "monitoring", "monitor", "Watch activation and gradient distributions",
         "Per layer, watch histograms of activations and gradients and the share of saturated or "
         "dead units. Saturated activations with near-zero gradients mean the layer has stopped learning.",
+        ["dltips.watch", "dltips.Watch", "dltips.doctor"],
     ),
     Tip(
         "update-ratio", "monitoring", "monitor", "Keep the update-to-weight ratio near 1e-2",
         "Compare the size of each update with the size of the weights it changes. Around 1e-2 is "
         "healthy; near 1e-5 the layer is not learning, near 0.5 it moves too fast. Adjust the "
         "learning rate to bring layers into the band.",
+        ["dltips.watch", "dltips.Watch", "dltips.doctor"],
     ),
     Tip(
         "error-gaps", "monitoring", "check", "Read the three error gaps",
@@ -184,6 +186,7 @@ _TIPS = [
         "Early on most metrics improve together; later they pull apart (precision against "
         "recall, RMSE against MAPE). Optimise the metric that matches your objective and keep the "
         "others as guardrails.",
+        ["dltips.MetricTracker", "dltips.evaluate", "dltips.doctor"],
     ),
     # Efficiency
     Tip(
@@ -205,6 +208,7 @@ _TIPS = [
         "logloss-downstream", "nlp", "monitor", "Validation log-loss tracks downstream quality",
         "For language models, lower validation log-loss goes with better downstream results, so "
         "it is a cheap guide during training. Check that the relation holds for your tasks.",
+        ["dltips.MetricTracker", "dltips.doctor"],
     ),
     Tip(
         "emergent-scaling", "nlp", "info", "Individual tasks do not scale as smoothly as the loss",

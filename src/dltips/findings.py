@@ -28,6 +28,12 @@ class Finding:
        "xlog": bool, "ylog": bool, "band": [low, high] or absent (a shaded y range)}
       {"kind": "images", "title", "images": [array-like (H, W) or (C, H, W)], "captions": [...]}
       {"kind": "table", "title", "columns": [...], "rows": [[...], ...]}
+      {"kind": "heatmap", "title", "xlabel", "ylabel",
+       "panels": [{"name", "z": [[...], ...], "x": [step, ...], "y_range": [lo, hi]}]}
+    A heatmap panel shows values over time, e.g. one layer's activation
+    histograms: each column of "z" is one time ("x" gives its step), each row a
+    value bin, rows from low to high values over "y_range"; colour is the number
+    in "z", usually log1p(count) computed by the producer. At most 12 panels are drawn.
     """
 
     tip: str

@@ -40,7 +40,8 @@ def test_doctor_on_a_healthy_task_leaves_the_model_untouched_and_is_reproducible
     second = doctor(small_task(), budget_s=8, progress=False)
     assert [(f.tip, f.status) for f in first.findings] == [(f.tip, f.status) for f in second.findings]
     data = json.loads(first.to_json())
-    assert data["summary"] == {s: sum(f.status == s for f in first.findings) for s in sorted(STATUSES, key=list(data["summary"]).index)}
+    order = list(data["summary"]).index
+    assert data["summary"] == {s: sum(f.status == s for f in first.findings) for s in sorted(STATUSES, key=order)}
     assert data["task"]["n_train"] == 200
 
 

@@ -28,6 +28,16 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 EVIL = "<script>alert('x')</script>"
 
 
+def heat_panel(name: str, bins: int = 12, steps: int = 20, nan: bool = False) -> dict:
+    """A heat-map panel: a bump of counts drifting up the value bins over time, as log1p(count)."""
+    centre = bins / 4 + np.arange(steps) * bins / (2 * steps)
+    counts = 100 * np.exp(-((np.arange(bins)[:, None] - centre[None, :]) ** 2) / 4)
+    z = np.log1p(np.round(counts)).tolist()
+    if nan:
+        z[0][0] = float("nan")
+    return {"name": name, "z": z, "x": list(range(0, 10 * steps, 10)), "y_range": [-2.0, 2.0]}
+
+
 def make_report() -> Report:
     """A report with every status, every theme and every figure kind."""
     steps = list(range(1, 61))
@@ -55,6 +65,10 @@ def make_report() -> Report:
                 figures=[{"kind": "lines", "title": "Update / weight ratio", "x": steps,
                           "series": {f"layer{i}": (10.0 ** -(i + 1) * np.ones(60)).tolist() for i in range(4)},
                           "xlabel": "step", "ylabel": "ratio", "xlog": True, "ylog": True, "band": [1e-3, 1e-1]}]),
+        Finding("activation-gradient-stats", "info", "Activation histograms over time",
+                "Per-layer histograms of activations every 10 steps.",
+                figures=[{"kind": "heatmap", "title": "Activations", "xlabel": "step", "ylabel": "activation",
+                          "panels": [heat_panel("conv1"), heat_panel("fc", nan=True)]}]),
         Finding("error-gaps", "info", "The three error gaps", "train 1.0%, valid 5.0%, test 5.5%.",
                 figures=[{"kind": "table", "title": "Error by split", "columns": ["split", "error", "note"],
                           "rows": [["train", 0.01, "bias"], ["valid", 0.05, "variance"], ["test", 0.055, EVIL]]}]),
@@ -88,9 +102,9 @@ def test_html_is_self_contained_with_every_status_theme_and_figure(rendered):
     # findings keep their given order inside a theme
     assert text.index("Loss at initialisation") < text.index("Cannot overfit") < text.index("One-cycle schedule")
     assert "Check the loss function." in text and 'class="fix"' in text
-    # 2 line plots + 7 images, each a PNG data URI that decodes
+    # 2 line plots + 7 images + 1 heat map, each a PNG data URI that decodes
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(uris) == 9
+    assert len(uris) == 10
     assert all(base64.b64decode(u).startswith(b"\x89PNG\r\n\x1a\n") for u in uris)
     assert re.findall(r"<table class=\"data\">", text) and ">variance<" in text
     assert "12,345" in text and "12.3 s" in text
@@ -151,7 +165,7 @@ def test_without_matplotlib_plots_become_tables_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     text = make_report().to_html()
     assert html.escape('pip install "dltips[report]"') in text
-    assert len(re.findall(r'src="data:image/png', text)) == 7  # the image grid needs no matplotlib
+    assert len(re.findall(r'src="data:image/png', text)) == 7 + 2  # the image grid and gray heat maps need none
     assert '<th scope="col">layer3</th>' in text and "… 10 more rows" in text
 
 
@@ -159,6 +173,119 @@ def test_a_plot_that_cannot_be_drawn_becomes_a_table():
     figure = {"kind": "lines", "title": "t", "x": [1, 2], "series": {"a": [1, 2]}, "ylabel": "$\\frac{$"}
     text = render.figure_html(figure)
     assert "Could not draw this plot" in text and "<img" not in text and '<th scope="col">a</th>' in text
+
+
+def png_images(text: str) -> list[np.ndarray]:
+    """The PNG data URIs in `text`, decoded to pixel arrays."""
+    from PIL import Image
+
+    images = []
+    for uri in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text):
+        png = base64.b64decode(uri)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        images.append(np.asarray(Image.open(io.BytesIO(png))))
+    return images
+
+
+def heat_figure(panels: list) -> dict:
+    return {"kind": "heatmap", "title": "Activations", "xlabel": "step", "ylabel": "activation", "panels": panels}
+
+
+def test_heatmap_is_one_png_of_small_multiples():
+    text = render.figure_html(heat_figure([heat_panel(f"layer{i}") for i in range(5)]))
+    (image,) = png_images(text)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20  # coloured, not blank
+    assert "note" not in text and 'alt="Heat maps of layer0, layer1, layer2, layer3, layer4' in text
+    width, height = re.search(r'width="(\d+)" height="(\d+)"', text).groups()
+    assert (int(height), int(width)) == image.shape[:2]
+
+
+def test_heatmap_puts_low_bins_at_the_bottom():
+    # two value bins: the low one empty, the high one full; viridis: low = dark purple, high = bright yellow
+    text = render.figure_html(heat_figure([{"name": "one", "z": [[0.0] * 4, [5.0] * 4], "x": [0, 1, 2, 3],
+                                            "y_range": [0.0, 1.0]}]))
+    (image,) = png_images(text)
+    height, width = image.shape[:2]
+    upper, lower = image[int(0.35 * height), width // 2, :3], image[int(0.7 * height), width // 2, :3]
+    assert upper[:2].astype(int).sum() > 400 and lower[:2].astype(int).sum() < 150  # yellow above purple
+
+
+def test_heatmap_extent_centres_columns_on_steps_and_layout_uses_3_or_4_columns():
+    assert render._heatmap_extent([0.0, 10.0, 20.0], -1.0, 1.0) == (-5.0, 25.0, -1.0, 1.0)
+    assert render._heatmap_extent([5.0], 0.0, 2.0) == (4.5, 5.5, 0.0, 2.0)
+    assert render._heatmap_extent([5.0, 5.0], 3.0, 3.0) == (4.5, 5.5, 2.5, 3.5)  # no zero-size extent
+    columns = {n: render._heatmap_columns(n) for n in range(1, 13)}
+    assert columns == {1: 1, 2: 2, 3: 3, 4: 4, 5: 3, 6: 3, 7: 4, 8: 4, 9: 3, 10: 4, 11: 4, 12: 4}
+
+
+def block_matplotlib(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+
+
+def check_gray_flipped(image: np.ndarray) -> None:
+    """z = [[0, 1], [2, 3], [4, 5]] in gray: the high bins [4, 5] on top, the low [0, 1] at the bottom."""
+    assert image.ndim == 2 and image.shape == (120, 240)  # 3 x 2 cells, each stretched to 40 x 120 pixels
+    assert image[0, 0] == 204 and image[0, -1] == 255  # 4/5 and 5/5 of 255
+    assert image[-1, 0] == 0 and image[-1, -1] == 51
+    assert image[60, 0] == 102 and image[60, -1] == 153
+
+
+GRAY_PANEL = {"name": "fc", "z": [[0, 1], [2, 3], [4, 5]], "x": [10, 20], "y_range": [-1, 1]}
+
+
+def test_without_matplotlib_heatmaps_are_gray_images_with_low_bins_at_the_bottom(monkeypatch):
+    block_matplotlib(monkeypatch)
+    text = render.figure_html(heat_figure([GRAY_PANEL, heat_panel("conv1")]))
+    assert html.escape('pip install "dltips[report]"') in text and "low values at the bottom" in text
+    first, second = png_images(text)
+    check_gray_flipped(first)
+    assert second.shape == (12 * 10, 20 * 12)  # 12 bins x 20 steps, stretched
+    assert "fc: step 10 to 20, activation -1 to 1" in text  # what the gray image leaves out: the axes
+
+
+def test_a_heatmap_that_cannot_be_drawn_becomes_gray_images():
+    text = render.figure_html(heat_figure([dict(GRAY_PANEL, name="$\\frac{$")]))
+    assert "Could not draw this plot" in text and 'class="plot"' not in text
+    (image,) = png_images(text)
+    check_gray_flipped(image)
+
+
+def test_bad_heatmap_panels_become_notes_and_the_good_ones_are_drawn():
+    good = heat_panel("good")
+    bad = [{"name": "ragged", "z": [[1, 2], [3]], "x": [0, 1], "y_range": [0, 1]},
+           {"name": "empty", "z": [], "x": [], "y_range": [0, 1]},
+           {"name": "no-columns", "z": [[], []], "x": [], "y_range": [0, 1]},
+           {"name": "short-x", "z": [[1, 2, 3]], "x": [0, 1], "y_range": [0, 1]},
+           {"name": "flat", "z": [1, 2, 3], "x": [0, 1, 2], "y_range": [0, 1]},
+           {"name": "words", "z": [["a", "b"]], "x": [0, 1], "y_range": [0, 1]},
+           {"name": "upside-down", "z": [[1]], "x": [0], "y_range": [1, 0]},
+           {"name": "infinite", "z": [[1]], "x": [0], "y_range": [0, float("inf")]},
+           "not a panel"]
+    text = render.figure_html(heat_figure([*bad, good]))
+    notes = re.findall(r'<p class="note">(.*?)</p>', text)
+    assert notes[0] == "Panel ragged not drawn: z is ragged (rows of 1, 2 values)."
+    assert notes[3] == "Panel short-x not drawn: x has 2 steps for 3 columns of z."
+    assert notes[-1].startswith("Panel 9 not drawn: expected a dict")
+    assert len(notes) == len(bad) and all(" not drawn: " in n for n in notes)
+    assert len(png_images(text)) == 1 and 'alt="Heat maps of good:' in text
+    only_bad = render.figure_html(heat_figure(bad[:2]))
+    assert "<img" not in only_bad and only_bad.count('class="note"') == 2
+    assert "No panels to draw." in render.figure_html(heat_figure([]))
+    no_axes = render.figure_html(heat_figure([{"name": "bare", "z": [[1, 2], [3, 4]]}]))  # x, y_range optional
+    assert len(png_images(no_axes)) == 1 and "note" not in no_axes
+
+
+def test_more_than_12_heatmap_panels_leave_a_note(monkeypatch):
+    figure = heat_figure([heat_panel(f"p{i}", bins=4, steps=3) for i in range(15)])
+    text = render.figure_html(figure)
+    assert "… 3 more panels" in text and "p11" in text and "p12" not in text
+    assert len(png_images(text)) == 1
+    block_matplotlib(monkeypatch)
+    text = render.figure_html(figure)
+    assert "… 3 more panels" in text and len(png_images(text)) == 12
 
 
 def test_terminal_plain_text_has_every_finding_and_fix(capsys):
@@ -174,7 +301,7 @@ def test_terminal_plain_text_has_every_finding_and_fix(capsys):
         if finding.fix:
             assert f"fix: {finding.fix}" in text
     assert [line for line in lines if line in {THEME_TITLES[t] for t in THEMES}] == [THEME_TITLES[t] for t in THEMES]
-    assert lines[-1] == "2 pass, 2 warn, 1 fail, 2 info, 2 skip"
+    assert lines[-1] == "2 pass, 2 warn, 1 fail, 3 info, 2 skip"
     report.print()  # stdout is captured, not a terminal: plain text
     assert capsys.readouterr().out == text
 
@@ -327,7 +454,7 @@ def test_report_renders_in_chromium_without_console_errors(rendered, browser, tm
     assert state["title"] == "dltips report: digits"
     assert state["findings"] == [f.title for f in report.findings]
     assert len(set(state["badges"])) == len(STATUSES)  # one colour per status
-    assert state["images"] == 9 and state["broken"] == 0
+    assert state["images"] == 10 and state["broken"] == 0
     assert not state["overflow"]
     browser.call("POST", "/window/rect", {"width": 1200, "height": min(int(state["height"]) + 100, 8000)})
     png = base64.b64decode(browser.call("GET", "/screenshot"))

@@ -230,7 +230,8 @@ def test_callbacks_see_events_in_order_and_can_stop():
 
     result = fit(make_task(), epochs=5, callbacks=[Recorder()], progress=False)
     assert events == ["fit_start", "epoch_start", "step", "step", "step",
-                      ("eval", ["valid_accuracy", "valid_loss"]), "epoch_end", "fit_end"]
+                      ("eval", ["valid_accuracy", "valid_balanced_accuracy", "valid_loss", "valid_macro_f1"]),
+                      "epoch_end", "fit_end"]
     assert result.steps == 3
 
 

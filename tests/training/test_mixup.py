@@ -145,8 +145,8 @@ def _folded_beta_reference(a: float) -> tuple[float, callable]:
     """
     beta_fn = math.gamma(a) ** 2 / math.gamma(2 * a)
     u = np.linspace(0.0, 0.5**a, 200_001)
-    l = 1.0 - u ** (1.0 / a)
-    mean = 2.0 * np.trapezoid(l**a, u) / a / beta_fn
+    lam = 1.0 - u ** (1.0 / a)
+    mean = 2.0 * np.trapezoid(lam**a, u) / a / beta_fn
 
     def cdf(t: float) -> float:
         # P(max <= t) = 1 - 2 P(L > t); P(L > t) = (1/(a B)) * int_0^{(1-t)^a} (1 - u^(1/a))^(a-1) du

@@ -414,3 +414,22 @@ def test_regularisation_is_switched_off_for_the_capacity_questions():
     assert finding.evidence["regularisation_switched_off"]["dropout_layers"] == 1
     assert finding.status == "pass"
     assert model[2].p == 0.9  # the user's model keeps its dropout
+
+
+def test_a_failed_rung_is_explained_by_the_monitors_layer_by_layer():
+    x, y = blobs(n=200)
+    model = mlp(x.shape[1], 10)
+    with torch.no_grad():  # every hidden ReLU unit dead for every input
+        model[0].bias.fill_(-100.0)
+    [finding] = check_overfit_tiny(make_task(model, x, y), max_steps=60, seed=0)
+    assert finding.status == "fail"
+    monitors = {f["tip"]: f for f in finding.evidence["monitors"]}
+    assert monitors["update-ratio"]["status"] == "warn"
+    assert "0.weight" in monitors["update-ratio"]["message"]  # the weights behind the dead units never move
+    assert "The monitors on that rung point at the cause" in finding.message
+
+
+def test_a_passing_ladder_carries_no_monitor_findings():
+    x, y = blobs(n=200)
+    [finding] = check_overfit_tiny(make_task(mlp(x.shape[1], 10), x, y), max_steps=200, seed=0)
+    assert finding.status == "pass" and "monitors" not in finding.evidence

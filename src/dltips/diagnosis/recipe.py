@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 import torch
 from torch.utils.data import DataLoader
@@ -33,6 +33,9 @@ from dltips.task import Task, choose_device, to_device
 # (a fixed 100 steps) and the evaluations after the short run use the rest.
 SHARES = {"overfit-tiny": 0.20, "short-run": 0.40, "overfit-then-regularize": 0.20}
 SHORT_RUN_TIPS = ("error-gaps", "worst-predictions")
+# Verdicts of the monitors watching the short run (dltips.watch and the metric tracker).
+MONITOR_TIPS = ("activation-gradient-stats", "update-ratio", "metric-divergence", "logloss-downstream")
+MONITOR_SAMPLES = 40  # sampled steps of the watch over the short run
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Doctor:
         if not ladder_ok:
             reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
                       "training would only restate that failure. Fix that first.")
-            for tip in ("default-lr", "overfit-then-regularize", *SHORT_RUN_TIPS):
+            for tip in ("default-lr", "overfit-then-regularize", *SHORT_RUN_TIPS, *MONITOR_TIPS):
                 if self.wanted(tip):
                     self.findings.append(Finding(tip, "skip", "Skipped: overfit-tiny failed", reason))
             return self.report()
@@ -133,19 +136,26 @@ class Doctor:
         self.step("default-lr", lambda: check_lr(task, device=self.device, seed=self.seed))
 
     def short_run(self, task: Task, max_steps: int) -> tuple[torch.nn.Module | None, float | None]:
-        """Train a fresh copy at the Task's own settings; the trained model feeds the gaps and worst predictions."""
-        if not any(self.wanted(tip) for tip in (*SHORT_RUN_TIPS, "overfit-then-regularize")):
+        """Train a fresh copy at the Task's own settings, watched by the monitors.
+
+        The trained model feeds the gaps and worst predictions; the monitors'
+        findings (also when training fails: they say where NaNs appeared) join the report.
+        """
+        if not any(self.wanted(tip) for tip in (*SHORT_RUN_TIPS, *MONITOR_TIPS, "overfit-then-regularize")):
             return None, None
+        from dltips.monitor.metrics import MetricTracker
+        from dltips.monitor.watch import Watch
         from dltips.predict import error_rate, evenly_spaced, predict
         from dltips.training.fit import Recipe, fit
 
-        self.say(f"short training run ({max_steps} steps) ...")
+        self.say(f"short training run ({max_steps} steps, monitored) ...")
         start = time.perf_counter()
         run_task = dataclasses.replace(task, model=copy.deepcopy(task.model))
         steps_per_epoch = max(len(task.train) // task.batch_size, 1)
+        monitor, tracker = Watch(every=max(1, max_steps // MONITOR_SAMPLES)), MetricTracker()
         try:
             fit(run_task, epochs=math.ceil(max_steps / steps_per_epoch), recipe=Recipe(one_cycle=False),
-                max_steps=max_steps, device=self.device, seed=self.seed, progress=False)
+                max_steps=max_steps, device=self.device, seed=self.seed, progress=False, callbacks=[monitor, tracker])
         except Exception as e:
             if self.debug:
                 raise
@@ -155,9 +165,24 @@ class Doctor:
                                                  f"The short training run raised {type(e).__name__}: {e}"))
             return None, None
         finally:
+            if monitor.attached:
+                monitor.detach()
+            self.monitor_findings(monitor, tracker)
             self.timings["short-run"] = time.perf_counter() - start
         valid = predict(run_task.model, task, task.valid, indices=evenly_spaced(len(task.valid), 2000), device=self.device)
         return run_task.model, error_rate(task.kind, valid.outputs, valid.targets)
+
+    def monitor_findings(self, monitor: Any, tracker: Any) -> None:
+        """Keep the wanted verdicts of the short run's monitors; one that cannot be given becomes a `skip`."""
+        for tip, source in (("activation-gradient-stats", monitor.findings), ("metric-divergence", tracker.findings)):
+            try:
+                found = source()
+            except Exception as e:
+                if self.debug:
+                    raise
+                found = [Finding(tip, "skip", f"Could not run: {type(e).__name__}",
+                                 f"The monitor raised {type(e).__name__}: {e}. Run with --debug for the traceback.")]
+            self.findings.extend(f for f in found if self.wanted(f.tip))
 
     def capacity(self, task: Task, max_steps: int, budget_s: float, valid_error: float | None) -> None:
         from dltips.training.overfit import check_capacity

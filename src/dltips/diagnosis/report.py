@@ -1,8 +1,9 @@
 """Render a Report: one self-contained HTML file, a notebook view, and a terminal summary.
 
 The HTML needs no network and no JavaScript: CSS is inline and figures are PNG
-data URIs. Line plots need matplotlib (the `report` extra); without it their
-data is shown as a table. Image grids are encoded here, with the standard library.
+data URIs. Line plots and heat maps need matplotlib (the `report` extra);
+without it a plot's data is shown as a table and a heat map as one gray image
+per panel. Image grids are encoded here, with the standard library.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ MAX_ITEMS = 8  # list items / dict entries shown inside one evidence value
 MAX_ROWS = 50  # rows shown in a table figure or a plot's data table
 MAX_IMAGES = 64  # images shown in one grid
 MAX_CHARS = 300  # characters shown for one evidence value
+MAX_PANELS = 12  # panels drawn in one heat-map figure
+HEAT_SIZE = (240, 120)  # least (width, height) in pixels of a gray heat-map panel (cells are repeated)
 INSTALL_HINT = 'pip install "dltips[report]"'
 
 # ---------------------------------------------------------------------------
@@ -268,6 +271,151 @@ def _images_html(figure: dict) -> str:
     return f'<div class="grid">{"".join(cells)}</div>'
 
 
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) read from a PNG's header."""
+    return struct.unpack(">II", png[16:24])
+
+
+def _heatmap_panel(panel: Any) -> dict:
+    """A heat-map panel checked and made drawable: z as a float array, its name and extent.
+
+    Raises ValueError (TypeError for a panel that is not a dict) saying what is
+    wrong, so one bad panel becomes a note instead of hiding the others.
+    Without "x" the columns are numbered; without "y_range" the rows are.
+    """
+    if not isinstance(panel, dict):
+        raise TypeError(f"expected a dict with name, z, x, y_range; got {type(panel).__name__}")
+    rows = _plain(panel.get("z"))
+    if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(r, (list, tuple)) for r in rows):
+        raise ValueError("z must be a non-empty 2-D list (rows = value bins, columns = time)")
+    lengths = sorted({len(r) for r in rows})
+    if len(lengths) > 1:
+        raise ValueError(f"z is ragged (rows of {', '.join(map(str, lengths))} values)")
+    if lengths[0] == 0:
+        raise ValueError("z has no columns")
+    try:
+        z = np.array([_floats(r) for r in rows], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("z must hold numbers") from None
+    n_bins, n_steps = z.shape
+    try:
+        x = _floats(panel["x"]) if panel.get("x") is not None else list(range(n_steps))
+        y_range = _floats(panel["y_range"]) if panel.get("y_range") is not None else [0.0, float(n_bins)]
+    except (TypeError, ValueError):
+        raise ValueError("x and y_range must hold numbers") from None
+    if len(x) != n_steps:
+        raise ValueError(f"x has {len(x)} steps for {n_steps} columns of z")
+    if len(y_range) != 2 or not all(map(math.isfinite, y_range + [x[0], x[-1]])) or y_range[0] > y_range[1]:
+        raise ValueError("y_range must be finite [lo, hi] with lo <= hi, and x finite")
+    return {"name": str(panel.get("name", "")), "z": z, "steps": (x[0], x[-1]), "y_range": tuple(y_range),
+            "extent": _heatmap_extent(x, *y_range)}
+
+
+def _heatmap_extent(x: list[float], low: float, high: float) -> tuple[float, float, float, float]:
+    """imshow's (left, right, bottom, top): each column centred on its step, rows spanning [low, high]."""
+    half = (x[-1] - x[0]) / (len(x) - 1) / 2 if len(x) > 1 and x[-1] != x[0] else 0.5
+    if high == low:  # a constant tensor: give its single value some height
+        low, high = low - 0.5, high + 0.5
+    return (x[0] - half, x[-1] + half, low, high)
+
+
+def _heatmap_columns(n: int) -> int:
+    """3 or 4 columns, whichever leaves fewer empty slots (4 on a tie); n itself when n < 3."""
+    if n < 3:
+        return max(n, 1)
+    return min((4, 3), key=lambda c: (-n) % c)
+
+
+def _heatmap_png(panels: list[dict], figure: dict) -> bytes:
+    """Draw heat-map panels as small multiples with matplotlib's Agg canvas (ImportError without it).
+
+    The grid is laid out by hand, in inches: a layout engine measures every
+    tick label of every panel and takes several times longer than the drawing.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    ncols = _heatmap_columns(len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    (ax_w, ax_h), (gap_w, gap_h) = (1.65, 1.2), (0.5, 0.5)
+    left, right, bottom, top = 0.6, 0.15, 0.5, 0.3
+    width = left + ncols * ax_w + (ncols - 1) * gap_w + right
+    height = bottom + nrows * ax_h + (nrows - 1) * gap_h + top
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    grid = {"left": left / width, "right": 1 - right / width, "bottom": bottom / height, "top": 1 - top / height,
+            "wspace": gap_w / ax_w, "hspace": gap_h / ax_h}
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw=grid)
+    for ax, panel in zip(axes.flat, panels):
+        ax.imshow(panel["z"], origin="lower", aspect="auto", extent=panel["extent"], cmap="viridis",
+                  interpolation="nearest")
+        ax.set_title(panel["name"], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.supxlabel(str(figure.get("xlabel", "")), fontsize=9, y=0.02 / height)
+    fig.supylabel(str(figure.get("ylabel", "")), fontsize=9, x=0.02 / width)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _heatmap_gray(panel: dict, figure: dict) -> str:
+    """One panel as a gray PNG (brighter = larger), low values at the bottom, stretched to HEAT_SIZE."""
+    pixels = image_pixels(np.flipud(panel["z"]))  # PNG rows run top to bottom
+    n_bins, n_steps = pixels.shape
+    pixels = np.repeat(np.repeat(pixels, -(-HEAT_SIZE[1] // n_bins), axis=0), -(-HEAT_SIZE[0] // n_steps), axis=1)
+    (first, last), (low, high) = panel["steps"], panel["y_range"]
+    xlabel, ylabel = figure.get("xlabel") or "x", figure.get("ylabel") or "y"
+    caption = (f"{panel['name']}: {xlabel} {format_number(first)} to {format_number(last)}, "
+               f"{ylabel} {format_number(low)} to {format_number(high)}")
+    height, width = pixels.shape
+    return (f'<figure class="cell"><img class="pixelated" src="{_data_uri(png_bytes(pixels))}" '
+            f'alt="{escape(caption)}" width="{width}" height="{height}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _heatmap_html(figure: dict) -> str:
+    """A "heatmap" figure: small multiples drawn by matplotlib, else gray images; bad panels as notes."""
+    given = list(figure.get("panels") or [])
+    panels, notes = [], []
+    for i, panel in enumerate(given[:MAX_PANELS]):
+        try:
+            panels.append(_heatmap_panel(panel))
+        except (TypeError, ValueError) as error:
+            name = panel.get("name") if isinstance(panel, dict) and panel.get("name") else i + 1
+            notes.append(f"Panel {name} not drawn: {error}.")
+    if len(given) > MAX_PANELS:
+        notes.append(f"… {len(given) - MAX_PANELS} more panels")
+    if not given:
+        notes.append("No panels to draw.")
+    body = ""
+    if panels:
+        try:
+            png = _heatmap_png(panels, figure)
+            names = ", ".join(p["name"] for p in panels)
+            width, height = _png_size(png)
+            alt = f"Heat maps of {names}: {figure.get('ylabel') or 'value'} against {figure.get('xlabel') or 'x'}"
+            body = f'<img class="plot" src="{_data_uri(png)}" alt="{escape(alt)}" width="{width}" height="{height}">'
+        except ImportError:
+            body = (f'<p class="note">Install matplotlib to draw this plot: <code>{escape(INSTALL_HINT)}</code>. '
+                    "In gray instead (brighter = larger), time to the right, low values at the bottom:</p>"
+                    + _heatmap_grays(panels, figure))
+        except (ValueError, TypeError, RuntimeError) as error:  # e.g. a name matplotlib cannot typeset
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+            body = (f'<p class="note">Could not draw this plot ({escape(reason)}). In gray instead '
+                    "(brighter = larger), time to the right, low values at the bottom:</p>"
+                    + _heatmap_grays(panels, figure))
+    return body + "".join(f'<p class="note">{escape(note)}</p>' for note in notes)
+
+
+def _heatmap_grays(panels: list[dict], figure: dict) -> str:
+    return '<div class="grid">' + "".join(_heatmap_gray(p, figure) for p in panels) + "</div>"
+
+
 def figure_html(figure: dict) -> str:
     """One figure from a Finding's `figures` as an HTML <figure>."""
     kind = figure.get("kind")
@@ -275,6 +423,8 @@ def figure_html(figure: dict) -> str:
         body = _lines_html(figure)
     elif kind == "images":
         body = _images_html(figure)
+    elif kind == "heatmap":
+        body = _heatmap_html(figure)
     elif kind == "table":
         body = _table(list(figure.get("columns") or []), list(figure.get("rows") or []))
     else:

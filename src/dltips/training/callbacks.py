@@ -2,7 +2,8 @@
 
 A callback overrides any of the event methods; each receives the live
 `FitState` (model, optimizer, step, epoch, last loss, history). Setting
-`state.stop = True` ends training after the current step.
+`state.stop = True` ends training after the current step. When training raises,
+`on_exception` is called instead of `on_fit_end`, then the error propagates.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Callback:
     def on_epoch_end(self, state: FitState) -> None: ...
 
     def on_fit_end(self, state: FitState) -> None: ...
+
+    def on_exception(self, state: FitState, error: BaseException) -> None:
+        """When training raises (the error is re-raised afterwards): release hooks, files, ..."""
 
 
 class ProgressBar(Callback):

@@ -26,6 +26,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dltips.io import atomic_write
+from dltips.monitor.metrics import (
+    add_sums,
+    metric_sums,
+    metrics_from_sums,
+    reduce_sums,
+    zero_sums,
+)
 from dltips.task import Task, choose_device, count_items, to_device
 from dltips.training.accumulate import GradientAccumulator
 from dltips.training.callbacks import Callback, ProgressBar
@@ -278,6 +285,10 @@ def fit(
                 _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
         for cb in callbacks:
             cb.on_fit_end(state)
+    except BaseException as error:
+        for cb in callbacks:
+            cb.on_exception(state, error)
+        raise
     finally:
         if owns_group:
             dist.destroy_process_group()
@@ -293,10 +304,13 @@ def evaluate(
     device: torch.device | str | None = None,
     precision: MixedPrecision | None = None,
 ) -> dict[str, float]:
-    """Loss and the kind's metrics on `data`, over all ranks when distributed.
+    """Loss and the kind's metrics on `data` (names prefixed "valid_"), over all ranks when distributed.
 
-    classification, binary, multilabel: loss, accuracy; regression: loss, rmse,
-    mae; language model: loss, perplexity, accuracy (next token).
+    classification: loss, accuracy, balanced_accuracy, macro_f1; binary: loss,
+    accuracy, balanced_accuracy, f1, precision, recall; multilabel: loss,
+    accuracy (per label), macro_f1; regression: loss, rmse, mae, mape; language
+    model: loss, perplexity, accuracy (next token). The per-batch sums stay on
+    the device and are all-reduced once (see `dltips.monitor.metrics`).
     """
     if isinstance(model, DistributedDataParallel):
         model = model.module  # ranks may run different numbers of batches: no collectives in forward
@@ -306,57 +320,15 @@ def evaluate(
     loader = DataLoader(data, batch_size=task.batch_size, sampler=sampler)
     was_training = model.training
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
+    totals = zero_sums(task.kind, task.n_classes, device)  # a rank without items still joins the reduction
     for x, y in loader:
         x, y = to_device(x, device), y.to(device)
         with precision.autocast() if precision is not None else contextlib.nullcontext():
             output = model(x)
             loss = task.loss_fn(output, y)
-        for name, value in _metric_sums(task.kind, output.float(), y, loss.float()).items():
-            sums[name] = sums.get(name, 0) + value.double()
+        add_sums(totals, metric_sums(task.kind, output.float(), y, loss.float(), task.n_classes))
     model.train(was_training)
-    names = ["items", "loss", "correct", "labels", "abs_error", "sq_error", "values"]
-    totals = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=device) for k in names])
-    if world_size > 1:
-        dist.all_reduce(totals)
-    total = dict(zip(names, totals.tolist()))
-    return _metrics_from_sums(task.kind, total)
-
-
-def _metric_sums(kind: str, output: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-    n = count_items(kind, y)
-    sums = {"items": torch.as_tensor(n), "loss": loss * n}
-    if kind == "classification":
-        sums["correct"] = (output.argmax(1) == y).sum()
-        sums["labels"] = torch.as_tensor(y.numel())
-    elif kind == "language-model":
-        counted = y != -100
-        sums["correct"] = ((output.argmax(-1) == y) & counted).sum()
-        sums["labels"] = counted.sum()
-    elif kind == "binary":
-        sums["correct"] = ((output.reshape(y.shape) > 0) == (y > 0.5)).sum()
-        sums["labels"] = torch.as_tensor(y.numel())
-    elif kind == "multilabel":
-        sums["correct"] = ((output > 0) == (y > 0.5)).sum()
-        sums["labels"] = torch.as_tensor(y.numel())
-    elif kind == "regression":
-        error = output.reshape(y.shape) - y.float()
-        sums["abs_error"] = error.abs().sum()
-        sums["sq_error"] = error.pow(2).sum()
-        sums["values"] = torch.as_tensor(y.numel())
-    return sums
-
-
-def _metrics_from_sums(kind: str, total: dict[str, float]) -> dict[str, float]:
-    metrics = {"valid_loss": total["loss"] / total["items"]}
-    if kind == "regression":
-        metrics["valid_rmse"] = math.sqrt(total["sq_error"] / total["values"])
-        metrics["valid_mae"] = total["abs_error"] / total["values"]
-    else:
-        metrics["valid_accuracy"] = total["correct"] / total["labels"]
-    if kind == "language-model":
-        metrics["valid_perplexity"] = math.exp(min(metrics["valid_loss"], 700.0))
-    return metrics
+    return metrics_from_sums(task.kind, reduce_sums(totals), prefix="valid_")
 
 
 def _check_fit_args(epochs: int, recipe: Recipe, checkpoint_every: int | None, max_steps: int | None,

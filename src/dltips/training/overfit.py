@@ -120,6 +120,7 @@ LOSS_FRACTION = 0.05
 # target, when smaller), measured from the loss of a perfect prediction.
 REGRESSION_FRACTION = 0.01
 CHECK_EVERY = 10  # steps between checks of the criterion
+MONITOR_SAMPLES = 10  # sampled steps of dltips.watch per rung, to explain a failure layer by layer
 # A training loss that jumps this many times above its start in the first 20 steps points at a far too high LR
 # (AdamW at lr 3: 1e4-1e5 times); targets shuffled within the batch make it jump about 2 times.
 LR_JUMP = 10.0
@@ -148,6 +149,7 @@ class Rung:
     seconds: float = 0.0
     curve: list[float] = field(default_factory=list)  # training loss (train mode) after each step
     diagnosis: dict = field(default_factory=dict)
+    monitors: list = field(default_factory=list)  # the watch's warn/fail findings on this rung (dltips.watch)
 
     @property
     def passed(self) -> bool | None:
@@ -292,6 +294,9 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
     before = [p.detach().clone() for p in trainable]
     losses: list[torch.Tensor] = []
     model.train()
+    from dltips.monitor.watch import Watch
+
+    monitor = Watch(model, optimizer, every=max(1, max_steps // MONITOR_SAMPLES)).attach()
     try:
         for step in range(1, max_steps + 1):
             optimizer.zero_grad(set_to_none=True)
@@ -301,6 +306,7 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
                 diagnosis["gradient_fraction"] = sum(
                     p.grad is not None and bool(p.grad.ne(0).any()) for p in trainable) / len(trainable)
             optimizer.step()
+            monitor.log(loss=loss)
             losses.append(loss.detach().float())
             rung.steps = step
             if step % CHECK_EVERY == 0 or step == max_steps:
@@ -318,6 +324,9 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
                 rung.final_loss, rung.accuracy, _ = _evaluate(model, task, loss_fn, x, y, ceiling)
                 break
     finally:
+        monitor.detach()
+        if rung.status != "passed":
+            rung.monitors = [f for f in monitor.findings() if f.status in ("warn", "fail")]
         rung.curve = torch.stack(losses).tolist() if losses else []
         diagnosis["changed_fraction"] = sum(
             not torch.equal(p.detach(), b) for p, b in zip(trainable, before)) / len(trainable)
@@ -354,7 +363,7 @@ def _best_possible(task: Task, x: Any, y: torch.Tensor) -> tuple[float, float]:
     nodes: dict[tuple[int, int], int] = {}
     groups: dict[int, dict[int, int]] = {}
     parents = [-1] * x.shape[0]
-    for t, (column, targets) in enumerate(zip(x.T.tolist(), y.T.tolist())):
+    for column, targets in zip(x.T.tolist(), y.T.tolist()):
         for b, (token, target) in enumerate(zip(column, targets)):
             parents[b] = nodes.setdefault((parents[b], token), len(nodes))
             if target != IGNORE_INDEX:
@@ -458,9 +467,16 @@ def _ladder_finding(rungs: list[Rung], max_steps: int, seconds: float) -> Findin
                       "capacity.")
             fix = ("Check that each target stays with its input through the data pipeline and the loss, look for "
                    "layers that mix items across the batch, and give the model more capacity if it is very small.")
+        if failed.monitors:
+            evidence["monitors"] = [f.to_dict() for f in failed.monitors]
+            seen = ("The monitors on that rung point at the cause: "
+                    + " ".join(f"{f.title}: {f.message}" for f in failed.monitors))
+            # layer-level evidence replaces the guess made from the rung sizes, and adds to the others
+            points = seen if cause == "batch" else f"{points} {seen}"
+            fix = " ".join(f.fix for f in failed.monitors if f.fix) + " " + fix
         return Finding(TIP_TINY, "fail", f"Cannot overfit {failed.size} training item{'s' if failed.size > 1 else ''}",
-                       f"{summary}. Rung {failed.size} failed: {failed.reason}. {points}{frozen}", fix, evidence,
-                       figures)
+                       f"{summary}. Rung {failed.size} failed: {failed.reason}. {points}{frozen}", fix,
+                       evidence, figures)
     if not ran:
         return Finding(TIP_TINY, "skip", "Overfitting tiny batches was not run",
                        f"{summary}.", None, evidence, figures)
