@@ -144,7 +144,7 @@ def check_activations(watch: Watch) -> Finding:
         last = late[-1]
         std = math.sqrt(max(last.activation(layer, "var"), 0.0)) if layer in last.activations else math.nan
         mean = last.activation(layer, "mean") if layer in last.activations else math.nan
-        rows.append([layer, _round(mean), _round(std), _round(late_dead), _round(late_sat)])
+        rows.append([_label(watch, layer), _round(mean), _round(std), _round(late_dead), _round(late_sat)])
     gradients = _gradient_summary(late)
     evidence = {"dead": dead, "saturated": saturated, "dead_warn": DEAD_WARN, "saturated_warn": SATURATED_WARN,
                 "samples": len(samples), "every": watch.every, "gradients": gradients}
@@ -160,19 +160,20 @@ def check_activations(watch: Watch) -> Finding:
     parts, fixes = [], []
     if dead:
         at_init = all(v["at_init"] >= DEAD_WARN for v in dead.values())
-        listed = ", ".join(f"{k} ({v['at_init']:.0%} dead at init, {v['dead']:.0%} later)" for k, v in dead.items())
+        listed = "; ".join(f"{_label(watch, k)}: {v['at_init']:.0%} dead at init, {v['dead']:.0%} later"
+                           for k, v in dead.items())
         when = "starting at initialization" if at_init else "during training (not at initialization)"
-        parts.append(f"ReLU layers with units that output zero for every item of a batch: {listed}, {when}. "
+        parts.append(f"ReLU layers with units that output zero for every item of a batch ({when}): {listed}. "
                      "A dead unit passes no gradient, so it never recovers.")
         fixes.append("initialization: He (Kaiming) init and zero or small positive biases; normalise the inputs"
                      if at_init else
                      "learning rate: lower it (see update-ratio) or warm it up; LeakyReLU or GELU cannot die")
     if saturated:
         at_init = all(v["at_init"] >= SATURATED_WARN for v in saturated.values())
-        listed = ", ".join(f"{k} ({v['at_init']:.0%} saturated at init, {v['saturated']:.0%} later)"
+        listed = "; ".join(f"{_label(watch, k)}: {v['at_init']:.0%} saturated at init, {v['saturated']:.0%} later"
                            for k, v in saturated.items())
         when = "starting at initialization" if at_init else "during training"
-        parts.append(f"Bounded activations on their flat ends (slope below 5 % of its peak): {listed}, {when}; "
+        parts.append(f"Bounded activations on their flat ends, slope below 5 % of its peak ({when}): {listed}; "
                      "gradients through them nearly vanish.")
         fixes.append("initialization: scale the weights down (Xavier/Glorot; gain 5/3 for tanh) or add a "
                      "normalisation layer before the activation" if at_init else
@@ -305,7 +306,7 @@ def activation_figures(watch: Watch) -> list[dict]:
             low, high = min(lows), max(highs)
             columns = [np.log1p(rebin(r[len(fields):], r[fields.index("min")], r[fields.index("max")],
                                       low, high, watch.bins)) for _, r in rows]
-            panels.append({"name": name, "z": np.stack(columns, axis=1).round(3).tolist(),
+            panels.append({"name": _label(watch, name), "z": np.stack(columns, axis=1).round(3).tolist(),
                            "x": [step for step, _ in rows], "y_range": [low, high]})
         if panels:
             figures.append({"kind": "heatmap", "title": title, "xlabel": "step", "ylabel": "value",
@@ -315,7 +316,7 @@ def activation_figures(watch: Watch) -> list[dict]:
         for layer in _layers(samples):
             values = [s.activation(layer, name) if layer in s.activations else math.nan for s in samples]
             if any(not math.isnan(v) for v in values):
-                series[layer] = [_round(v) for v in values]
+                series[_label(watch, layer)] = [_round(v) for v in values]
         if series:
             figures.append({"kind": "lines", "title": title, "x": [s.step for s in samples], "series": series,
                             "xlabel": "step", "ylabel": f"fraction {name}"})
@@ -328,6 +329,12 @@ def update_figure(samples: list[Sample], parameters: list[str]) -> dict:
     return {"kind": "lines", "title": "norm(update) / norm(weights) per weight matrix (band shaded)",
             "x": [s.step for s in samples],
             "series": series, "xlabel": "step", "ylabel": "update ratio", "ylog": True, "band": list(UPDATE_BAND)}
+
+
+def _label(watch: Watch, layer: str) -> str:
+    """A layer's name with its class, e.g. "features.3 (ReLU)"; parameter names pass through."""
+    kind = watch.layer_types.get(layer)
+    return f"{layer} ({kind})" if kind else layer
 
 
 def _round(value: float, digits: int = 4) -> float:

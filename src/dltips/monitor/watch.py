@@ -155,6 +155,7 @@ class Watch(Callback):
         self.no_gradient: set[str] = set()
         self.not_in_optimizer: list[str] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.layer_types: dict[str, str] = {}  # watched layer -> its class name, for the reports
 
     def __enter__(self) -> Watch:
         self.attach()
@@ -191,7 +192,9 @@ class Watch(Callback):
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
             self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
         self._handles.append(module.register_forward_pre_hook(self._on_model_forward))
-        for name, layer in self._watched_layers(module):
+        layers = self._watched_layers(module)
+        self.layer_types = {name: type(layer).__name__ for name, layer in layers}
+        for name, layer in layers:
             self._handles.append(layer.register_forward_hook(functools.partial(self._on_layer_forward, name)))
         return self
 
