@@ -19,7 +19,10 @@ _EXPORTS = {
     "dltips.catalog": ["TIPS", "Tip", "get_tip", "tips_by_theme"],
     "dltips.diagnosis.recipe": ["Doctor", "doctor"],
     "dltips.predict": ["Predictions", "predict"],
+    "dltips.data.augment": ["AffineAugment", "Lighting", "presize"],
     "dltips.data.inputs": ["check_inputs"],
+    "dltips.data.resolution": ["check_image_resolution"],
+    "dltips.data.shift": ["check_val_test_match"],
     "dltips.data.worst": ["check_worst_predictions"],
     "dltips.findings": ["Finding", "Report"],
     "dltips.monitor.gaps": ["check_error_gaps", "measure_error_gaps"],
@@ -59,7 +62,10 @@ if TYPE_CHECKING:
     from dltips.catalog import TIPS, Tip, get_tip, tips_by_theme
     from dltips.diagnosis.recipe import Doctor, doctor
     from dltips.predict import Predictions, predict
+    from dltips.data.augment import AffineAugment, Lighting, presize
     from dltips.data.inputs import check_inputs
+    from dltips.data.resolution import check_image_resolution
+    from dltips.data.shift import check_val_test_match
     from dltips.data.worst import check_worst_predictions
     from dltips.findings import Finding, Report
     from dltips.monitor.gaps import check_error_gaps, measure_error_gaps

@@ -132,11 +132,14 @@ _TIPS = [
         "Below roughly 96 x 96 pixels images behave differently, so conclusions drawn on tiny "
         "images often do not carry over to large ones. Around 128 px, experiments are still fast "
         "and their conclusions tend to hold at full size.",
+        ["dltips.check_image_resolution", "dltips.doctor"],
     ),
     Tip(
         "toy-problems", "data", "trick", "Build small problems with known answers",
         "Small, fast datasets with a known answer let you test an idea or a pipeline in seconds. "
         "Keep one or two that resemble your real problem.",
+        ["dltips.data.toys.spirals", "dltips.data.toys.moons", "dltips.data.toys.shapes",
+         "dltips.data.toys.copy_sequence", "dltips.data.toys.reverse_sequence", "dltips.data.toys.messy_categories"],
     ),
     Tip(
         "label-preserving-augmentation", "data", "check", "Augment only in ways that keep the label",
@@ -154,11 +157,13 @@ _TIPS = [
         "Every resample blurs the image a little, and chained rotate/zoom/crop steps compound the "
         "loss. Resize large once, then fold all geometric steps and the final resize into a "
         "single warp applied on the accelerator.",
+        ["dltips.AffineAugment", "dltips.Lighting", "dltips.presize"],
     ),
     Tip(
         "val-test-match", "data", "check", "Validation and test must come from the same distribution",
         "Training data may differ from what the model meets in use, but validation and test must "
         "match each other: validation is only useful as a stand-in for the test.",
+        ["dltips.check_val_test_match", "dltips.doctor"],
     ),
     # Monitoring & Debugging
     Tip(

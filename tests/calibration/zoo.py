@@ -183,6 +183,21 @@ def random_labels_task() -> Task:
 
 
 # name -> (task factory, tips of which at least one must warn or fail)
+def shifted_test_task() -> Task:
+    """The test images are brighter than the validation images: validation no longer stands in for test."""
+    task = digits_mlp()
+    x, y = task.test.tensors
+    return _with(task, test=TensorDataset(x + 0.5, y), name="shifted-test")
+
+
+def label_shifted_test_task() -> Task:
+    """The test set holds only the digits 0-4: its label distribution differs from validation's."""
+    task = digits_mlp()
+    x, y = task.test.tensors
+    keep = y < 5
+    return _with(task, test=TensorDataset(x[keep], y[keep]), name="label-shifted-test")
+
+
 BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
     "init-x30": (lambda: _with(scaled_last_layer(digits_mlp(), 30.0), name="init-x30"), {"initialization"}),
     "softmax-before-ce": (lambda: _with(digits_mlp(), model=nn.Sequential(digits_mlp().model, nn.Softmax(1)),
@@ -201,4 +216,6 @@ BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
                           {"overfit-then-regularize", "overfit-tiny", "error-gaps"}),
     "raw-pixels": (raw_pixels_task, {"verify-transforms"}),
     "random-labels": (random_labels_task, {"error-gaps", "overfit-then-regularize"}),
+    "shifted-test": (shifted_test_task, {"val-test-match"}),
+    "label-shifted-test": (label_shifted_test_task, {"val-test-match"}),
 }

@@ -73,11 +73,13 @@ class Doctor:
 
     def run(self) -> Report:
         from dltips.data.inputs import check_inputs
+        from dltips.data.resolution import check_image_resolution
         from dltips.training.init import check_initial_loss
 
         torch.manual_seed(self.seed)
         task = dataclasses.replace(self.task, model=copy.deepcopy(self.task.model).to(self.device))
         self.step("verify-transforms", lambda: check_inputs(task))
+        self.step("image-resolution", lambda: check_image_resolution(task))
         self.step("initialization", lambda: check_initial_loss(task, device=self.device))
         step_s = _seconds_per_step(task, self.device)
         train_budget = max(self.budget_s - self.elapsed, 1.0) * 0.9
@@ -92,7 +94,7 @@ class Doctor:
             for tip in ("default-lr", "overfit-then-regularize", *SHORT_RUN_TIPS, *MONITOR_TIPS):
                 if self.wanted(tip):
                     self.findings.append(Finding(tip, "skip", "Skipped: overfit-tiny failed", reason))
-            return self.report()
+            return self.finish(task)
         self.lr_check(task)
         trained, valid_error = self.short_run(task, steps(SHARES["short-run"], 3000))
         self.capacity(task, steps(SHARES["overfit-then-regularize"], 2000),
@@ -103,6 +105,13 @@ class Doctor:
 
             self.step("error-gaps", lambda: measure_error_gaps(trained, task, device=self.device))
             self.step("worst-predictions", lambda: check_worst_predictions(trained, task, device=self.device))
+        return self.finish(task)
+
+    def finish(self, task: Task) -> Report:
+        """The checks that need no trained model and come last, then the report."""
+        from dltips.data.shift import check_val_test_match
+
+        self.step("val-test-match", lambda: check_val_test_match(task, seed=self.seed, device=self.device))
         return self.report()
 
     def step(self, tip: str, check: Callable[[], list[Finding]], label: str | None = None) -> list[Finding]:
