@@ -439,7 +439,11 @@ class Watch(Callback):
     # ------------------------------------------------------------------ verdicts
 
     def findings(self) -> list[Finding]:
-        """Verdicts on `activation-gradient-stats` and `update-ratio` (and non-finite values)."""
+        """Verdicts on `activation-gradient-stats` and `update-ratio` (and non-finite values).
+
+        It first reads back pending statistics: under torch.distributed, call it on
+        every rank (or after the `with` block, when nothing is pending).
+        """
         from dltips.monitor.verdicts import watch_findings
 
         self.flush()
