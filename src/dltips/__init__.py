@@ -21,6 +21,8 @@ _EXPORTS = {
     "dltips.predict": ["Predictions", "predict"],
     "dltips.data.augment": ["AffineAugment", "Lighting", "presize"],
     "dltips.data.inputs": ["check_inputs"],
+    "dltips.data.invariance": ["check_label_preserving", "describe_invariances"],
+    "dltips.data.preview": ["Preview", "preview"],
     "dltips.data.resolution": ["check_image_resolution"],
     "dltips.data.shift": ["check_val_test_match"],
     "dltips.data.worst": ["check_worst_predictions"],
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
     from dltips.predict import Predictions, predict
     from dltips.data.augment import AffineAugment, Lighting, presize
     from dltips.data.inputs import check_inputs
+    from dltips.data.invariance import check_label_preserving, describe_invariances
+    from dltips.data.preview import Preview, preview
     from dltips.data.resolution import check_image_resolution
     from dltips.data.shift import check_val_test_match
     from dltips.data.worst import check_worst_predictions

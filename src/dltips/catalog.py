@@ -125,7 +125,7 @@ _TIPS = [
         "Before a transform goes into the pipeline, look at what it produces and at the "
         "statistics of what finally reaches the model: a step can destroy what the label depends "
         "on, and inputs can end up unnormalised or normalised twice.",
-        ["dltips.check_inputs", "dltips.doctor"],
+        ["dltips.check_inputs", "dltips.preview", "dltips.doctor"],
     ),
     Tip(
         "image-resolution", "data", "check", "Experiment at 128 px, not at 32 px",
@@ -145,12 +145,14 @@ _TIPS = [
         "label-preserving-augmentation", "data", "check", "Augment only in ways that keep the label",
         "Any data can be augmented as long as the label stays (almost) the same. Check that the "
         "augmented examples still make sense and that their labels still hold.",
+        ["dltips.check_label_preserving", "dltips.doctor"],
     ),
     Tip(
         "augmentation-invariances", "data", "info", "Augmentation teaches invariances, not new facts",
         "Augmentation adds no information: it shows the same distribution from other angles, "
         "making an invariance you already know (a flipped cat is a cat) explicit so that the "
         "model does not have to discover it from data.",
+        ["dltips.describe_invariances", "dltips.doctor"],
     ),
     Tip(
         "compose-augmentations", "data", "trick", "Compose geometric transforms into one resample",

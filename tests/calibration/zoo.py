@@ -123,6 +123,7 @@ HEALTHY: dict[str, Callable[[], Task]] = {
     "friedman1": lambda: tabular("friedman1", "regression"),
     "spirals": spirals_task,
     "count-lm": bigram_lm,
+    "digits-shifts": lambda: augmented_digits("digits-shifts"),
     "digits-sgd": lambda: _with(digits_task(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
                                 name="digits-sgd"),
 }
@@ -183,6 +184,15 @@ def random_labels_task() -> Task:
 
 
 # name -> (task factory, tips of which at least one must warn or fail)
+def augmented_digits(name: str, **options) -> Task:
+    """The digits CNN trained with a composed warp (AffineAugment) with the options given."""
+    from dltips import AffineAugment
+
+    settings = {"size": (8, 8), "flip": 0.0, "max_rotate": 0.0, "zoom": (1.0, 1.0), "max_translate": 0.1,
+                "max_warp": 0.0} | options
+    return _with(digits_task(), augment=AffineAugment(**settings), name=name)
+
+
 def shifted_test_task() -> Task:
     """The test images are brighter than the validation images: validation no longer stands in for test."""
     task = digits_mlp()
@@ -217,5 +227,7 @@ BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
     "raw-pixels": (raw_pixels_task, {"verify-transforms"}),
     "random-labels": (random_labels_task, {"error-gaps", "overfit-then-regularize"}),
     "shifted-test": (shifted_test_task, {"val-test-match"}),
+    "upside-down-digits": (lambda: augmented_digits("upside-down-digits", max_rotate=180.0, p_affine=1.0),
+                           {"label-preserving-augmentation"}),
     "label-shifted-test": (label_shifted_test_task, {"val-test-match"}),
 }

@@ -202,3 +202,26 @@ def test_many_features_keep_a_summary_and_the_worst_offenders():
 def test_bad_n_items():
     with pytest.raises(ValueError, match="n_items"):
         check_inputs(make_task(RNG.random((10, 2)), RNG.integers(0, 2, 10)), n_items=0)
+
+
+def test_the_augmentation_is_previewed_on_training_items():
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from dltips import Task, check_inputs
+
+    x = torch.rand(40, 1, 8, 8)
+    y = torch.randint(0, 2, (40,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    task = Task(model, TensorDataset(x, y), TensorDataset(x, y), augment=lambda b: b.flip(-1))
+    rng = torch.get_rng_state()
+    [finding] = check_inputs(task)
+    assert torch.equal(torch.get_rng_state(), rng)
+    figure = finding.figures[-1]
+    assert figure["kind"] == "images" and len(figure["images"]) == 2 * 6
+    before, after = figure["images"][0], figure["images"][1]
+    assert figure["captions"][:2] == ["sample 0: input", "sample 0: augment"]
+    assert (before[:, ::-1] == after).all()  # the flip, as the model will see it
+    [plain] = check_inputs(Task(model, TensorDataset(x, y), TensorDataset(x, y)))
+    assert all(f["kind"] != "images" for f in plain.figures)

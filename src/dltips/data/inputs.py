@@ -93,7 +93,30 @@ def check_inputs(task: Task, *, n_items: int = 512, seed: int = 0) -> list[Findi
         n_seen += len(next(iter(named.values())))
 
     report = {key: acc.result() for key, acc in accumulators.items()}
-    return [_finding(task, report, n_seen, keyed=len(report) > 1 or "x" not in report)]
+    finding = _finding(task, report, n_seen, keyed=len(report) > 1 or "x" not in report)
+    if task.augment is not None:
+        finding.figures.append(_augment_preview(task, seed))
+    return [finding]
+
+
+PREVIEWED = 6  # training items shown before and after the Task's augmentation
+
+
+def _augment_preview(task: Task, seed: int) -> dict:
+    """A few training items before and after `task.augment` (an "images" figure; empty for non-images)."""
+    from dltips.data.preview import preview
+
+    items = [task.train[i][0] for i in range(min(PREVIEWED, len(task.train)))]
+    if any(not isinstance(x, torch.Tensor) for x in items):
+        return {"kind": "images", "title": "Augmentation preview (inputs are not tensors)", "images": []}
+    device = next((p.device for p in task.model.parameters()), torch.device("cpu"))
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():  # the preview's draws leave no trace
+        torch.manual_seed(seed)
+        shown = preview([("augment", lambda x: task.augment(to_device(x[None], device))[0].cpu())], items)
+    figure = shown.figure()
+    figure["title"] = "Training items before and after the Task's augmentation (each image min-max scaled)"
+    return figure
 
 
 def _training_inputs(task: Task, n_items: int, seed: int):

@@ -266,10 +266,10 @@ def _short(value: Any) -> str:
 def _figure(task: Task, r: Ranked) -> dict:
     shown = list(range(min(FIGURE_ITEMS, len(r.indices))))
     inputs = [task.train[r.indices[i]][0] for i in shown]  # fetched only for the shown items
-    if inputs and all(_is_image(x) for x in inputs):
+    if inputs and all(is_image(x) for x in inputs):
         captions = [f"#{r.indices[i]} y={_short(r.targets[i])} p={_caption_pred(task.kind, r, i)}" for i in shown]
         return {"kind": "images", "title": "Worst training predictions (highest loss first)",
-                "images": [_display(x) for x in inputs], "captions": captions}
+                "images": [display_image(x) for x in inputs], "captions": captions}
     columns = ["index", "target", "prediction", "loss"]
     rows = [[r.indices[i], _short(r.targets[i]), _short(r.predictions[i]), round(r.losses[i], 4)] for i in shown]
     if inputs and all(isinstance(x, torch.Tensor) and x.dim() == 1 and x.is_floating_point() for x in inputs):
@@ -289,7 +289,7 @@ def _caption_pred(kind: str, r: Ranked, i: int) -> str:
     return _short(r.predictions[i])
 
 
-def _is_image(x: Any) -> bool:
+def is_image(x: Any) -> bool:
     """A float (C, H, W) tensor with 1, 3 or 4 channels, or a float (H, W) one of at least 4 x 4."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         return False
@@ -298,7 +298,7 @@ def _is_image(x: Any) -> bool:
     return x.dim() == 2 and min(x.shape) >= 4
 
 
-def _display(x: torch.Tensor) -> np.ndarray:
+def display_image(x: torch.Tensor) -> np.ndarray:
     """The image scaled to [0, 1] for display (standardised inputs are not drawable as they are)."""
     x = x.detach().float().cpu()
     x = x[0] if x.dim() == 3 and x.shape[0] == 1 else x

@@ -73,6 +73,7 @@ class Doctor:
 
     def run(self) -> Report:
         from dltips.data.inputs import check_inputs
+        from dltips.data.invariance import describe_invariances
         from dltips.data.resolution import check_image_resolution
         from dltips.training.init import check_initial_loss
 
@@ -80,6 +81,8 @@ class Doctor:
         task = dataclasses.replace(self.task, model=copy.deepcopy(self.task.model).to(self.device))
         self.step("verify-transforms", lambda: check_inputs(task))
         self.step("image-resolution", lambda: check_image_resolution(task))
+        if task.augment is not None:
+            self.step("augmentation-invariances", lambda: describe_invariances(task.augment))
         self.step("initialization", lambda: check_initial_loss(task, device=self.device))
         step_s = _seconds_per_step(task, self.device)
         train_budget = max(self.budget_s - self.elapsed, 1.0) * 0.9
@@ -105,6 +108,11 @@ class Doctor:
 
             self.step("error-gaps", lambda: measure_error_gaps(trained, task, device=self.device))
             self.step("worst-predictions", lambda: check_worst_predictions(trained, task, device=self.device))
+            if task.augment is not None:
+                from dltips.data.invariance import check_label_preserving
+
+                self.step("label-preserving-augmentation", lambda: check_label_preserving(
+                    trained, task, seed=self.seed, device=self.device))
         return self.finish(task)
 
     def finish(self, task: Task) -> Report:
