@@ -51,3 +51,18 @@ def test_the_watch_is_detached_and_names_the_step_when_fit_raises_on_a_nan_loss(
     assert monitor.first_nonfinite_loss_step == fit_step - 1
     failed = [f for f in monitor.findings() if f.status == "fail"]
     assert failed and failed[0].evidence["first_nonfinite_loss_step"] == fit_step - 1
+
+
+def test_the_watch_is_detached_when_a_later_callback_fails_to_start():
+    from dltips import Callback
+
+    class FailsToStart(Callback):
+        def on_fit_start(self, state):
+            raise RuntimeError("no start")
+
+    x, y = blobs(n=200)
+    task = make_task(mlp(16, 10), x, y, batch_size=32)
+    monitor = Watch(every=5)
+    with pytest.raises(RuntimeError, match="no start"):
+        fit(task, epochs=1, callbacks=[monitor, FailsToStart()], progress=False)
+    assert hooks(task.model) == 0 and not monitor.attached

@@ -181,9 +181,7 @@ class Doctor:
                     self.findings.append(Finding(tip, "skip", "Could not run: training failed",
                                                  f"The short training run raised {type(e).__name__}: {e}"))
             return None, None
-        finally:
-            if monitor.attached:
-                monitor.detach()
+        finally:  # fit detached the watch (on_fit_end or on_exception)
             self.monitor_findings(monitor, tracker)
             self.timings["short-run"] = time.perf_counter() - start
         valid = predict(run_task.model, task, task.valid, indices=evenly_spaced(len(task.valid), 2000), device=self.device)

@@ -210,6 +210,7 @@ class Watch(Callback):
 
     def _watched_layers(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
         chosen = []
+        named = None if self.layers is None or callable(self.layers) else set(self.layers)
         for name, layer in module.named_modules():
             if next(layer.children(), None) is not None and not isinstance(layer, nn.MultiheadAttention):
                 continue
@@ -217,7 +218,7 @@ class Watch(Callback):
                 continue
             if callable(self.layers) and not self.layers(name, layer):
                 continue
-            if self.layers is not None and not callable(self.layers) and name not in set(self.layers):
+            if named is not None and name not in named:
                 continue
             chosen.append((name or type(layer).__name__, layer))
         return chosen

@@ -218,9 +218,9 @@ def fit(
 
     state.stop = max_steps is not None and state.step >= max_steps  # resumed after its last step
     start = time.perf_counter()
-    for cb in callbacks:
-        cb.on_fit_start(state)
     try:
+        for cb in callbacks:  # inside the try: a callback that fails to start still gets on_exception
+            cb.on_fit_start(state)
         while state.epoch < epochs and not state.stop:
             sampler.set_epoch(state.epoch, start=state.batch * task.batch_size)
             # A private generator: making the iterator must not draw from the global RNG, or a resumed
