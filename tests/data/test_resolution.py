@@ -5,17 +5,7 @@ from torch.utils.data import TensorDataset
 
 from dltips.data.resolution import SMALL_SIDE, check_image_resolution, image_shape
 from dltips.task import Task
-
-
-class Flat(nn.Module):
-    def __init__(self, n_in, n_out=3):
-        super().__init__()
-        self.linear = nn.Linear(n_in, n_out)
-
-    def forward(self, x):
-        if isinstance(x, dict):
-            x = torch.cat([v.flatten(1).float() for v in x.values()], dim=1)
-        return self.linear(x.flatten(1).float())
+from flat_model import Flat
 
 
 def image_task(*shape, dtype=torch.float32, n=12):

@@ -18,17 +18,7 @@ from dltips.data.shift import (
 )
 from dltips.findings import Report
 from dltips.task import Task
-
-
-class Flat(nn.Module):
-    def __init__(self, n_in, n_out):
-        super().__init__()
-        self.linear = nn.Linear(n_in, n_out)
-
-    def forward(self, x):
-        if isinstance(x, dict):
-            x = torch.cat([v.flatten(1).float() for v in x.values()], dim=1)
-        return self.linear(x.flatten(1).float())
+from flat_model import Flat
 
 
 def gaussian(n, d=10, n_classes=3, seed=0):
