@@ -27,13 +27,19 @@ _EXPORTS = {
     "dltips.data.shift": ["check_val_test_match"],
     "dltips.data.worst": ["check_worst_predictions"],
     "dltips.findings": ["Finding", "Report"],
+    "dltips.nlp.scaling": ["Budget", "FlopCount", "compute_budget", "flops_per_token", "mfu", "parse_count"],
+    "dltips.nlp.tying": ["TyingCandidate", "check_weight_tying", "count_parameters", "find_tied", "find_untied",
+                         "tie_weights", "untie_weights"],
+    "dltips.tabular.categoricals": ["CategoryEncoder", "check_categoricals"],
+    "dltips.tabular.embeddings": ["check_embedding_sizes", "emb_size", "emb_sizes"],
+    "dltips.tabular.model": ["TabularData", "TabularDataset", "TabularModel"],
     "dltips.monitor.gaps": ["check_error_gaps", "measure_error_gaps"],
     "dltips.monitor.metrics": ["MetricTracker"],
     "dltips.monitor.sinks": ["JsonlSink", "MemorySink", "TensorBoardSink", "read_jsonl"],
     "dltips.monitor.watch": ["Watch", "watch"],
     "dltips.task": ["Task", "TaskError"],
     "dltips.training.accumulate": ["GradientAccumulator"],
-    "dltips.training.callbacks": ["Callback", "ProgressBar"],
+    "dltips.training.callbacks": ["Callback", "ProgressBar", "TimeLimit"],
     "dltips.training.fit": ["FitResult", "FitState", "NonFiniteLossError", "Recipe", "evaluate", "fit"],
     "dltips.training.init": ["check_initial_loss"],
     "dltips.training.lr": ["LRFinderResult", "default_lr", "lr_find", "scale_lr"],
@@ -72,13 +78,19 @@ if TYPE_CHECKING:
     from dltips.data.shift import check_val_test_match
     from dltips.data.worst import check_worst_predictions
     from dltips.findings import Finding, Report
+    from dltips.nlp.scaling import Budget, FlopCount, compute_budget, flops_per_token, mfu, parse_count
+    from dltips.nlp.tying import (TyingCandidate, check_weight_tying, count_parameters, find_tied, find_untied,
+                                  tie_weights, untie_weights)
+    from dltips.tabular.categoricals import CategoryEncoder, check_categoricals
+    from dltips.tabular.embeddings import check_embedding_sizes, emb_size, emb_sizes
+    from dltips.tabular.model import TabularData, TabularDataset, TabularModel
     from dltips.monitor.gaps import check_error_gaps, measure_error_gaps
     from dltips.monitor.metrics import MetricTracker
     from dltips.monitor.sinks import JsonlSink, MemorySink, TensorBoardSink, read_jsonl
     from dltips.monitor.watch import Watch, watch
     from dltips.task import Task, TaskError
     from dltips.training.accumulate import GradientAccumulator
-    from dltips.training.callbacks import Callback, ProgressBar
+    from dltips.training.callbacks import Callback, ProgressBar, TimeLimit
     from dltips.training.fit import FitResult, FitState, NonFiniteLossError, Recipe, evaluate, fit
     from dltips.training.init import check_initial_loss
     from dltips.training.lr import LRFinderResult, default_lr, lr_find, scale_lr

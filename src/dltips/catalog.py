@@ -73,7 +73,7 @@ _TIPS = [
         "Beta(alpha, alpha), and blend their targets the same way. The model learns to behave "
         "linearly between examples instead of memorising them, which makes it more tolerant of "
         "label noise. It works for tabular rows and embeddings too, but needs longer training there.",
-        ["dltips.Mixup"],
+        ["dltips.Mixup", "dltips.TabularModel"],
     ),
     Tip(
         "mixed-precision", "training", "trick", "Mixed precision: spend the saved memory on bigger batches",
@@ -210,6 +210,7 @@ _TIPS = [
         "Training compute is about 6 x parameters x tokens. For a fixed budget you can grow the "
         "model or train it on more tokens; published fits give the compute-optimal balance "
         "(about 20 tokens per parameter).",
+        ["dltips.compute_budget", "dltips.flops_per_token", "dltips.mfu"],
     ),
     Tip(
         "logloss-downstream", "nlp", "monitor", "Validation log-loss tracks downstream quality",
@@ -227,6 +228,7 @@ _TIPS = [
         "Share one matrix between the token embedding and the output projection: similar tokens "
         "get similar output scores, both uses train the matrix, and a large block of parameters "
         "disappears (in GPT-2 small, 50257 x 768, about a third of the model).",
+        ["dltips.tie_weights", "dltips.check_weight_tying"],
     ),
     Tip(
         "unseen-tokens", "nlp", "check", "Tokens never seen in training should get almost no probability",
@@ -238,12 +240,14 @@ _TIPS = [
         "categorical-embedding-size", "tabular", "trick", "Size categorical embeddings by a rule",
         "A good default width for a categorical embedding is min(600, round(1.6 * n ** 0.56)) "
         "for n categories, counting the reserved ones.",
+        ["dltips.emb_size", "dltips.emb_sizes", "dltips.check_embedding_sizes", "dltips.TabularModel"],
     ),
     Tip(
         "encode-categoricals", "tabular", "trick+check", "Clean and encode nominal categories",
         "Normalise and merge spelling variants, typos and abbreviations before encoding: they "
         "inflate cardinality and create categories unknown at inference. Group rare values and "
         "keep 'missing' apart from 'unknown'. Word embeddings of category names rarely help.",
+        ["dltips.CategoryEncoder", "dltips.check_categoricals"],
     ),
 ]
 

@@ -49,10 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("name", choices=sorted(DEMOS))
     demo.add_argument("--epochs", type=int, default=8)
     demo.set_defaults(command="demo", run=_run_demo)
+
+    budget = commands.add_parser("budget", help="complete a training budget (C = 6·N·D) and show trade-offs at the same compute",
+                                 description="Give two of --params, --tokens and --flops to complete C = 6·N·D, or one"
+                                             " alone for the compute-optimal budget through it.")
+    budget.add_argument("--params", metavar="N", help="parameters, e.g. 124M")
+    budget.add_argument("--tokens", metavar="D", help="training tokens, e.g. 10B")
+    budget.add_argument("--flops", metavar="C", help="training FLOPs, e.g. 1e21")
+    budget.add_argument("--law", choices=("chinchilla", "besiroglu"), default="chinchilla",
+                        help="chinchilla: 20 tokens per parameter, Hoffmann et al. 2022 loss fit;"
+                             " besiroglu: the Besiroglu et al. 2024 refit (default chinchilla)")
+    budget.set_defaults(command="budget", run=_run_budget)
     return parser
 
 
-DEMOS = {"digits": "dltips.demos.digits:digits_task"}
+DEMOS = {"digits": "dltips.demos.digits:digits_task", "tabular": "dltips.demos.tabular:tabular_task"}
 
 
 class TargetError(Exception):
@@ -141,6 +152,35 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"{args.name}: {result.steps} steps in {result.duration_s:.1f}s; "
           + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("valid")))
     return 0
+
+
+def _run_budget(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from dltips.nlp.scaling import compute_budget, format_count
+
+    out = out if out is not None else sys.stdout
+    try:
+        budget = compute_budget(params=args.params, tokens=args.tokens, flops=args.flops, law=args.law)
+    except ValueError as e:
+        return _fail(str(e), debug=False)
+    optimum = compute_budget(flops=budget.flops, law=args.law)
+    rows = budget.nearby()
+    if not any(_same_size(row.params, optimum.params) for row in rows):
+        rows = sorted(rows + [optimum], key=lambda row: row.params)
+    out.write(f"{budget}\n\nSame compute ({budget.flops:.3g} FLOPs), other splits:\n")
+    out.write(f"  {'params':>8}  {'tokens':>8}  {'tokens/param':>12}  {'predicted loss':>14}\n")
+    for row in rows:
+        notes = [note for note, match in (("yours", _same_size(row.params, budget.params)),
+                                          ("compute-optimal", _same_size(row.params, optimum.params))) if match]
+        out.write(f"  {format_count(row.params):>8}  {format_count(row.tokens):>8}  {row.tokens_per_param:>12.3g}"
+                  f"  {row.predicted_loss:>14.3f}  {', '.join(notes)}".rstrip() + "\n")
+    if args.law == "chinchilla":
+        out.write("compute-optimal: 20 tokens per parameter (Hoffmann et al. 2022, Table 3); the loss fit of their"
+                  " Approach 3 has its minimum at more tokens per parameter.\n")
+    return 0
+
+
+def _same_size(a: float, b: float) -> bool:
+    return abs(a / b - 1) <= 0.01
 
 
 def _run_tips(args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dltips import Task
+from dltips import CategoryEncoder, Task
 from dltips.demos.digits import DigitsCNN, digits_task, load_digits_tensors, split
+from dltips.demos.tabular import tabular_data, tabular_task
 
 
 def _standardise(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
@@ -115,6 +116,20 @@ def bigram_lm(seed=0) -> Task:
     return Task(Bigram(12), tr, va, te, kind="language-model", batch_size=32, name="count-lm")
 
 
+def unseen_street_task() -> Task:
+    """The messy-streets table with every "Oak Avenue" row kept out of training: validation and test hold a
+    street the encoder and the model never saw."""
+    from dltips.data.toys import messy_categories
+    from dltips.demos.tabular import NUMERIC
+    from dltips.tabular.model import TabularData
+
+    toy = messy_categories(2000, messy=0.4)
+    train = [i for i in toy.train if toy.clean[i] != "Oak Avenue"]
+    table = {"street": toy.raw, **{n: toy.numeric[:, j] for j, n in enumerate(NUMERIC)}, "y": toy.target}
+    torch.manual_seed(0)
+    return TabularData(table, ["street"], list(NUMERIC), "y", split=(train, toy.valid, toy.test)).task(name="unseen-street")
+
+
 HEALTHY: dict[str, Callable[[], Task]] = {
     "digits-cnn": digits_task,
     "digits-mlp": digits_mlp,
@@ -124,6 +139,7 @@ HEALTHY: dict[str, Callable[[], Task]] = {
     "spirals": spirals_task,
     "count-lm": bigram_lm,
     "digits-shifts": lambda: augmented_digits("digits-shifts"),
+    "messy-streets": tabular_task,
     "digits-sgd": lambda: _with(digits_task(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
                                 name="digits-sgd"),
 }
@@ -230,4 +246,7 @@ BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
     "upside-down-digits": (lambda: augmented_digits("upside-down-digits", max_rotate=180.0, p_affine=1.0),
                            {"label-preserving-augmentation"}),
     "label-shifted-test": (label_shifted_test_task, {"val-test-match"}),
+    "raw-street-ids": (lambda: tabular_data(encoder=CategoryEncoder(threshold=1.0, normalize_text=False)).task(
+        name="raw-street-ids"), {"encode-categoricals"}),
+    "unseen-street": (unseen_street_task, {"encode-categoricals"}),
 }

@@ -312,3 +312,25 @@ def test_fit_under_torchrun_with_two_processes(tmp_path):
         assert torch.allclose(a, b, atol=1e-10)
     assert math.isclose(r0["history"][-1]["valid_accuracy"], evaluate(model, task, task.valid)["valid_accuracy"])
     assert r0["history"] == r1["history"]  # metrics reduced over both ranks
+
+
+def test_time_limit_stops_training_at_a_sync_and_reports_the_step():
+    import time
+
+    from dltips.training.callbacks import TimeLimit
+
+    class Slow(Callback):
+        def on_step_end(self, state):
+            time.sleep(0.02)
+
+    limit = TimeLimit(0.3)
+    result = fit(make_task(), epochs=50, progress=False, sync_every=4, callbacks=[Slow(), limit])
+    assert limit.stopped_at is not None and (limit.stopped_at % 4 == 0 or limit.stopped_at % 15 == 0)  # at a sync
+    assert result.steps == limit.stopped_at < 50 * 4  # far fewer than the planned steps
+    assert result.steps <= 0.3 / 0.02 + 4  # the sync after the deadline: at most 4 steps late
+    assert result.duration_s >= 0.3
+    with pytest.raises(ValueError, match="seconds must be a positive number"):
+        TimeLimit(0)
+    untouched = TimeLimit(60.0)
+    fit(make_task(), epochs=1, progress=False, callbacks=[untouched])
+    assert untouched.stopped_at is None

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dltips.training.mixup import Mixup
+from dltips.training.mixup import MIXUP_LAM, MIXUP_PERM, Mixup
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -194,3 +194,59 @@ def test_errors():
         Mixup(alpha=0)
     with pytest.raises(ValueError, match="label_smoothing"):
         Mixup(label_smoothing=1.0)
+
+
+def test_ids_model_keeps_integer_entries_and_hands_lam_and_perm_to_the_model():
+    g = _gen(11)
+    ids = torch.randint(0, 7, (6, 2), generator=g)
+    x = {"categorical": ids, "continuous": torch.randn(6, 3, generator=g)}
+    y = torch.randint(0, 4, (6,), generator=g)
+    mixup = Mixup(alpha=1.0, n_classes=4, generator=_gen(2), ids="model")
+
+    x_mix, y_mix = mixup(x, y)
+    lam, perm = mixup.last_lam, mixup.last_perm
+
+    assert list(x_mix) == ["categorical", "continuous", MIXUP_LAM, MIXUP_PERM]
+    assert x_mix["categorical"] is ids  # ids pass through untouched
+    torch.testing.assert_close(x_mix["continuous"], _reference_mix(x["continuous"], lam, perm))
+    torch.testing.assert_close(y_mix, _reference_mix(_onehot_loop(y, 4), lam, perm))
+    assert x_mix[MIXUP_LAM].dtype == torch.float32 and x_mix[MIXUP_PERM].dtype == torch.long
+    assert torch.equal(x_mix[MIXUP_LAM], lam) and torch.equal(x_mix[MIXUP_PERM], perm)
+    assert not torch.all(lam == 1.0)  # a real mix happened, so the comparisons above have teeth
+
+
+def test_ids_model_with_only_integer_entries_still_mixes_the_labels():
+    x = {"categorical": torch.randint(0, 5, (5, 1))}
+    y = torch.rand(5)
+    mixup = Mixup(generator=_gen(4), ids="model")
+    x_mix, y_mix = mixup.mix(x, y, torch.tensor([1.0, 0.5, 0.75, 0.6, 0.9]), torch.tensor([4, 3, 2, 1, 0]))
+    assert torch.equal(x_mix["categorical"], x["categorical"])
+    expected = torch.tensor([y[0], 0.5 * y[1] + 0.5 * y[3], y[2], 0.6 * y[3] + 0.4 * y[1], 0.9 * y[4] + 0.1 * y[0]])
+    torch.testing.assert_close(y_mix, expected)
+    assert x_mix[MIXUP_LAM].tolist() == pytest.approx([1.0, 0.5, 0.75, 0.6, 0.9])
+    assert x_mix[MIXUP_PERM].tolist() == [4, 3, 2, 1, 0]
+
+
+def test_ids_model_plain_tensors():
+    mixup = Mixup(generator=_gen(0), ids="model")
+    x = torch.randn(4, 3)
+    x_mix, _ = mixup(x, torch.rand(4))
+    assert isinstance(x_mix, torch.Tensor)  # a float tensor is mixed as before: no dict to add entries to
+    torch.testing.assert_close(x_mix, _reference_mix(x, mixup.last_lam, mixup.last_perm))
+    with pytest.raises(TypeError, match="needs a dict batch"):
+        mixup(torch.zeros(4, 3, dtype=torch.long), torch.rand(4))
+
+
+def test_ids_modes_and_their_errors():
+    batch = {"categorical": torch.zeros(4, 2, dtype=torch.long), "continuous": torch.randn(4, 3)}
+    with pytest.raises(TypeError, match="ids='model'"):
+        Mixup(ids="error")(batch, torch.rand(4))
+    with pytest.raises(ValueError, match="ids must be one of 'error', 'model'"):
+        Mixup(ids="embeddings")
+    with pytest.raises(ValueError, match="adds these entries itself"):
+        Mixup(ids="model")({**batch, MIXUP_LAM: torch.ones(4)}, torch.rand(4))
+    assert "ids='model'" in repr(Mixup(ids="model")) and "ids" not in repr(Mixup())
+
+    mixup = Mixup(ids="model").eval()
+    x_out, _ = mixup(batch, torch.rand(4))
+    assert x_out is batch and MIXUP_LAM not in x_out

@@ -75,12 +75,19 @@ class Doctor:
         from dltips.data.inputs import check_inputs
         from dltips.data.invariance import describe_invariances
         from dltips.data.resolution import check_image_resolution
+        from dltips.tabular.categoricals import check_task_categoricals, tabular_data
+        from dltips.tabular.embeddings import check_embedding_sizes
+        from dltips.tabular.model import check_tabular_mixup
         from dltips.training.init import check_initial_loss
 
         torch.manual_seed(self.seed)
         task = dataclasses.replace(self.task, model=copy.deepcopy(self.task.model).to(self.device))
         self.step("verify-transforms", lambda: check_inputs(task))
         self.step("image-resolution", lambda: check_image_resolution(task))
+        if tabular_data(task) is not None:
+            self.step("encode-categoricals", lambda: check_task_categoricals(task))
+            self.step("categorical-embedding-size", lambda: check_embedding_sizes(task))
+            self.step("mixup", lambda: check_tabular_mixup(task))
         if task.augment is not None:
             self.step("augmentation-invariances", lambda: describe_invariances(task.augment))
         self.step("initialization", lambda: check_initial_loss(task, device=self.device))
@@ -99,7 +106,7 @@ class Doctor:
                     self.findings.append(Finding(tip, "skip", "Skipped: overfit-tiny failed", reason))
             return self.finish(task)
         self.lr_check(task)
-        trained, valid_error = self.short_run(task, steps(SHARES["short-run"], 3000))
+        trained, valid_error = self.short_run(task, steps(SHARES["short-run"], 3000), SHARES["short-run"] * train_budget)
         self.capacity(task, steps(SHARES["overfit-then-regularize"], 2000),
                       SHARES["overfit-then-regularize"] * train_budget, valid_error)
         if trained is not None:
@@ -152,17 +159,21 @@ class Doctor:
 
         self.step("default-lr", lambda: check_lr(task, device=self.device, seed=self.seed))
 
-    def short_run(self, task: Task, max_steps: int) -> tuple[torch.nn.Module | None, float | None]:
+    def short_run(self, task: Task, max_steps: int, budget_s: float) -> tuple[torch.nn.Module | None, float | None]:
         """Train a fresh copy at the Task's own settings, watched by the monitors.
 
         The trained model feeds the gaps and worst predictions; the monitors'
         findings (also when training fails: they say where NaNs appeared) join the report.
+        The step count comes from the time of one step measured up front; a
+        time limit of 1.5 times the run's share of the budget stops it early when
+        steps turn out slower (per-epoch evaluations, a busy machine).
         """
         if not any(self.wanted(tip) for tip in (*SHORT_RUN_TIPS, *MONITOR_TIPS, "overfit-then-regularize")):
             return None, None
         from dltips.monitor.metrics import MetricTracker
         from dltips.monitor.watch import Watch
         from dltips.predict import error_rate, evenly_spaced, predict
+        from dltips.training.callbacks import TimeLimit
         from dltips.training.fit import Recipe, fit
 
         self.say(f"short training run ({max_steps} steps, monitored) ...")
@@ -170,9 +181,11 @@ class Doctor:
         run_task = dataclasses.replace(task, model=copy.deepcopy(task.model))
         steps_per_epoch = max(len(task.train) // task.batch_size, 1)
         monitor, tracker = Watch(every=max(1, max_steps // MONITOR_SAMPLES)), MetricTracker()
+        limit = TimeLimit(max(1.5 * budget_s, 2.0))
         try:
             fit(run_task, epochs=math.ceil(max_steps / steps_per_epoch), recipe=Recipe(one_cycle=False),
-                max_steps=max_steps, device=self.device, seed=self.seed, progress=False, callbacks=[monitor, tracker])
+                max_steps=max_steps, device=self.device, seed=self.seed, progress=False,
+                callbacks=[monitor, tracker, limit])
         except Exception as e:
             if self.debug:
                 raise
@@ -184,6 +197,8 @@ class Doctor:
         finally:  # fit detached the watch (on_fit_end or on_exception)
             self.monitor_findings(monitor, tracker)
             self.timings["short-run"] = time.perf_counter() - start
+            if limit.stopped_at is not None:
+                self.say(f"short training run stopped by its time limit at step {limit.stopped_at} of {max_steps}")
         valid = predict(run_task.model, task, task.valid, indices=evenly_spaced(len(task.valid), 2000), device=self.device)
         return run_task.model, error_rate(task.kind, valid.outputs, valid.targets)
 

@@ -8,6 +8,7 @@ A callback overrides any of the event methods; each receives the live
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -75,3 +76,36 @@ class ProgressBar(Callback):
         prefix = "\r" if self._live else ""
         self.stream.write(f"{prefix}epoch {state.epoch + 1}/{state.epochs}  train_loss {state.train_loss:.4g}  {shown}\n")
         self.stream.flush()
+
+
+class TimeLimit(Callback):
+    """Stop training once `seconds` have passed since `fit` started.
+
+    Checked whenever the loop synchronises with the device (every
+    `sync_every` steps), so it costs no extra wait; under torch.distributed
+    rank 0's clock decides for every rank, so all stop at the same step.
+    `stopped_at` is the step it stopped at, or None.
+    """
+
+    def __init__(self, seconds: float):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.stopped_at: int | None = None
+        self._deadline = math.inf
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._deadline = time.perf_counter() + self.seconds
+        self.stopped_at = None
+
+    def on_sync(self, state: FitState) -> None:
+        over = time.perf_counter() >= self._deadline
+        if state.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(over)], device=state.device)
+            dist.broadcast(flag, src=0)
+            over = bool(flag.item())
+        if over and not state.stop:
+            state.stop, self.stopped_at = True, state.step

@@ -349,7 +349,9 @@ def _make_mixup(task: Task, alpha: float | None) -> Mixup | None:
         return None
     if task.kind == "language-model":
         raise ValueError("recipe.mixup is not defined for language models (tokens cannot be blended); use None")
-    return Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None)
+    # A model that mixes its own embeddings (e.g. TabularModel) takes its integer ids unmixed, with lam and perm.
+    ids = "model" if getattr(task.model, "mixes_embeddings", False) else "error"
+    return Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None, ids=ids)
 
 
 def _init_distributed() -> tuple[int, int, bool]:

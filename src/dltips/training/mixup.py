@@ -13,6 +13,11 @@ most mixes close to one of the two originals; alpha=1 mixes uniformly.
 `F.cross_entropy` accepts class probabilities as targets, and because it is
 linear in the target, the loss on the mixed label equals
 lam * loss(y_i) + (1 - lam) * loss(y_j) exactly.
+
+Integer inputs (category or token ids) have no convex combination. With
+`Mixup(ids="model")` a dict batch keeps its integer entries as they are and
+gains `MIXUP_LAM` and `MIXUP_PERM`, so a model that understands them (such as
+`dltips.tabular.model.TabularModel`) mixes its own embedding outputs instead.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Batch = Tensor | Mapping[str, Tensor]
+
+MIXUP_LAM = "mixup_lam"  # dict key of the per-row weights (float32, (N,)) under Mixup(ids="model")
+MIXUP_PERM = "mixup_perm"  # dict key of the partner indices (long, (N,)) under Mixup(ids="model")
+ID_MODES = ("error", "model")
 
 
 class Mixup(nn.Module):
@@ -40,6 +49,13 @@ class Mixup(nn.Module):
         label_smoothing: eps in onehot*(1-eps) + eps/C, applied to integer ids.
         generator: a torch.Generator for reproducible draws; without one the
             global torch RNG is used, so `torch.manual_seed` reproduces too.
+        ids: what to do with integer (or bool) entries of a dict batch. "error" (the
+            default) raises TypeError. "model" passes them through unchanged,
+            mixes the floating entries, and adds `x[MIXUP_LAM]` (float32, (N,))
+            and `x[MIXUP_PERM]` (long, (N,)), so that the model can mix its
+            embedding outputs row by row: lam*e + (1-lam)*e[perm]. Only a model
+            that reads these two entries should get such batches. A plain
+            integer tensor still raises: there is nothing to attach the mix to.
     """
 
     def __init__(
@@ -48,6 +64,7 @@ class Mixup(nn.Module):
         n_classes: int | None = None,
         label_smoothing: float = 0.0,
         generator: torch.Generator | None = None,
+        ids: str = "error",
     ) -> None:
         super().__init__()
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
@@ -60,15 +77,19 @@ class Mixup(nn.Module):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if ids not in ID_MODES:
+            raise ValueError(f"ids must be one of {', '.join(map(repr, ID_MODES))}, got {ids!r}")
         self.alpha = float(alpha)
         self.n_classes = n_classes
         self.label_smoothing = float(label_smoothing)
         self.generator = generator
+        self.ids = ids
         self.last_lam: Tensor | None = None
         self.last_perm: Tensor | None = None
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, n_classes={self.n_classes}, label_smoothing={self.label_smoothing}"
+        text = f"alpha={self.alpha}, n_classes={self.n_classes}, label_smoothing={self.label_smoothing}"
+        return text if self.ids == "error" else f"{text}, ids={self.ids!r}"
 
     def sample(self, n: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
         """Draw per-sample weights `lam` (float32, shape (n,), in [0.5, 1]) and a partner permutation.
@@ -98,8 +119,11 @@ class Mixup(nn.Module):
         )
 
     def mix(self, x: Batch, y: Tensor, lam: Tensor, perm: Tensor) -> tuple[Batch, Tensor]:
-        """Return (lam*x + (1-lam)*x[perm], same for y), with integer y turned into probabilities first."""
-        n = _batch_size(x)
+        """Return (lam*x + (1-lam)*x[perm], same for y), with integer y turned into probabilities first.
+
+        With ids="model", integer entries of a dict x are kept and lam, perm are added to it.
+        """
+        n = _batch_size(x, keep_ids=self.ids == "model")
         if not isinstance(y, Tensor):
             raise TypeError(f"y must be a Tensor, got {type(y).__name__}")
         if y.ndim == 0 or y.shape[0] != n:
@@ -110,6 +134,10 @@ class Mixup(nn.Module):
             )
         if isinstance(x, Tensor):
             x_mix: Batch = _mix_tensor(x, lam, perm)
+        elif self.ids == "model":
+            x_mix = {k: _mix_tensor(v, lam, perm) if v.is_floating_point() else v for k, v in x.items()}
+            x_mix[MIXUP_LAM] = lam.to(_device(x))
+            x_mix[MIXUP_PERM] = perm.to(device=_device(x), dtype=torch.long)
         else:
             x_mix = {k: _mix_tensor(v, lam, perm) for k, v in x.items()}
         return x_mix, _mix_tensor(self._targets(y), lam, perm)
@@ -117,7 +145,7 @@ class Mixup(nn.Module):
     def forward(self, x: Batch, y: Tensor) -> tuple[Batch, Tensor]:
         if not self.training:
             return x, y
-        n = _batch_size(x)
+        n = _batch_size(x, keep_ids=self.ids == "model")
         lam, perm = self.sample(n, device=_device(x))
         out = self.mix(x, y, lam, perm)
         self.last_lam, self.last_perm = lam, perm
@@ -158,8 +186,14 @@ def _mix_tensor(t: Tensor, lam: Tensor, perm: Tensor) -> Tensor:
     return w * t + (1 - w) * t[perm.to(t.device)]
 
 
-def _batch_size(x: Batch) -> int:
+def _batch_size(x: Batch, keep_ids: bool = False) -> int:
+    """The batch size of x, after checking that every entry can be mixed (or, with keep_ids, kept)."""
     if isinstance(x, Tensor):
+        if keep_ids and not x.is_floating_point():
+            raise TypeError(
+                f"x is a plain tensor of dtype {x.dtype}; Mixup(ids='model') needs a dict batch to attach "
+                f"{MIXUP_LAM!r} and {MIXUP_PERM!r} to, e.g. {{'categorical': ids, 'continuous': values}}"
+            )
         if x.ndim == 0:
             raise ValueError("x must have a batch dimension, got a 0-d tensor")
         if x.shape[0] == 0:
@@ -169,14 +203,21 @@ def _batch_size(x: Batch) -> int:
         raise TypeError(f"x must be a Tensor or a dict of Tensors, got {type(x).__name__}")
     if not x:
         raise ValueError("x is an empty dict; nothing to mix")
+    if keep_ids:
+        taken = [k for k in (MIXUP_LAM, MIXUP_PERM) if k in x]
+        if taken:
+            raise ValueError(f"x already holds {taken}; Mixup(ids='model') adds these entries itself, so rename them")
     sizes = {}
     for k, v in x.items():
         if not isinstance(v, Tensor):
             raise TypeError(f"x[{k!r}] must be a Tensor, got {type(v).__name__}")
-        if not v.is_floating_point():
+        if v.is_complex():
+            raise TypeError(f"x[{k!r}] is complex; only floating (or, with ids='model', integer) entries are allowed")
+        if not v.is_floating_point() and not keep_ids:
             raise TypeError(
                 f"x[{k!r}] has dtype {v.dtype}; only floating tensors can be mixed. Integer entries "
-                "such as token ids have no meaningful convex combination: mix the embedding outputs instead"
+                "such as token ids have no meaningful convex combination: mix the embedding outputs instead "
+                "(Mixup(ids='model') hands the mix to a model that does)"
             )
         if v.ndim == 0:
             raise ValueError(f"x[{k!r}] must have a batch dimension, got a 0-d tensor")

@@ -17,7 +17,8 @@ much larger, it ranks the regularisers to try first.
 Both train with the Task's own loss and optimizer at its own constant learning
 rate, in train mode, and never touch `task.model`.
 
-A rung is fitted when, in eval mode, every prediction is right and the loss
+A rung is fitted when, in eval mode (train mode with the running statistics
+kept for a model with BatchNorm, see `_evaluate`), every prediction is right and the loss
 has closed 95% of the gap between its start and the loss of a confident,
 correct prediction (which is not 0 with label smoothing). For a language model
 "every prediction" excludes what no model can know: two sequences that share a
@@ -335,14 +336,26 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
 @torch.no_grad()
 def _evaluate(model: nn.Module, task: Task, loss_fn: Callable, x: Any, y: torch.Tensor,
               ceiling: float = 1.0) -> tuple:
-    """(loss, accuracy or None, every prediction that can be right is right) in eval mode on one batch."""
+    """(loss, accuracy or None, every prediction that can be right is right) on one batch.
+
+    In eval mode, except for a model with BatchNorm: its running variance is
+    the unbiased variance of the rung's tiny batch (twice the biased one that
+    training normalised with, at 2 items), so eval mode cannot reproduce what
+    training fitted. It is judged in train mode, its running statistics
+    restored afterwards.
+    """
     was_training = model.training
-    model.eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in norms]
+    model.train(bool(norms))
     try:
         output = model(x)
         loss = float(loss_fn(output, y))
     finally:
         model.train(was_training)
+        for m, buffers in zip(norms, saved):
+            for name, value in buffers.items():
+                getattr(m, name).copy_(value)
     if task.kind == "regression":
         return loss, None, True
     accuracy = 1.0 - error_rate(task.kind, output.float(), y)

@@ -1,0 +1,1 @@
+"""Tabular: embedding sizes, a robust categorical encoder, a tabular model and its data."""
