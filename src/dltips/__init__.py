@@ -27,7 +27,10 @@ _EXPORTS = {
     "dltips.data.shift": ["check_val_test_match"],
     "dltips.data.worst": ["check_worst_predictions"],
     "dltips.findings": ["Finding", "Report"],
+    "dltips.nlp.emergent": ["Probe", "ScalingPoint", "char_probes", "check_emergent_scaling", "measure_point",
+                            "scaling_study"],
     "dltips.nlp.scaling": ["Budget", "FlopCount", "compute_budget", "flops_per_token", "mfu", "parse_count"],
+    "dltips.nlp.unseen": ["UnseenMass", "check_unseen_tokens", "measure_unseen_mass", "token_counts"],
     "dltips.nlp.tying": ["TyingCandidate", "check_weight_tying", "count_parameters", "find_tied", "find_untied",
                          "tie_weights", "untie_weights"],
     "dltips.tabular.categoricals": ["CategoryEncoder", "check_categoricals"],
@@ -78,7 +81,9 @@ if TYPE_CHECKING:
     from dltips.data.shift import check_val_test_match
     from dltips.data.worst import check_worst_predictions
     from dltips.findings import Finding, Report
+    from dltips.nlp.emergent import Probe, ScalingPoint, char_probes, check_emergent_scaling, measure_point, scaling_study
     from dltips.nlp.scaling import Budget, FlopCount, compute_budget, flops_per_token, mfu, parse_count
+    from dltips.nlp.unseen import UnseenMass, check_unseen_tokens, measure_unseen_mass, token_counts
     from dltips.nlp.tying import (TyingCandidate, check_weight_tying, count_parameters, find_tied, find_untied,
                                   tie_weights, untie_weights)
     from dltips.tabular.categoricals import CategoryEncoder, check_categoricals

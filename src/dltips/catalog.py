@@ -216,12 +216,13 @@ _TIPS = [
         "logloss-downstream", "nlp", "monitor", "Validation log-loss tracks downstream quality",
         "For language models, lower validation log-loss goes with better downstream results, so "
         "it is a cheap guide during training. Check that the relation holds for your tasks.",
-        ["dltips.MetricTracker", "dltips.doctor"],
+        ["dltips.MetricTracker", "dltips.check_emergent_scaling", "dltips.doctor"],
     ),
     Tip(
         "emergent-scaling", "nlp", "info", "Individual tasks do not scale as smoothly as the loss",
         "Loss falls smoothly with compute, but a particular downstream task may plateau, jump, "
         "or even get worse. Track tasks separately across model sizes.",
+        ["dltips.scaling_study", "dltips.check_emergent_scaling", "dltips.char_probes"],
     ),
     Tip(
         "weight-tying", "nlp", "trick+check", "Tie the input embedding and the output layer",
@@ -234,6 +235,7 @@ _TIPS = [
         "unseen-tokens", "nlp", "check", "Tokens never seen in training should get almost no probability",
         "A token that never occurs in the training data should receive a predicted probability "
         "close to zero; mass on unseen tokens signals a bad initialisation or a data leak.",
+        ["dltips.check_unseen_tokens", "dltips.token_counts"],
     ),
     # Tabular
     Tip(

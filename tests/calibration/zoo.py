@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dltips import CategoryEncoder, Task
+from dltips import CategoryEncoder, Task, tie_weights
 from dltips.demos.digits import DigitsCNN, digits_task, load_digits_tensors, split
 from dltips.demos.tabular import tabular_data, tabular_task
 
@@ -96,16 +96,22 @@ def spirals_task(make_model: Callable[[], nn.Module] | None = None, seed=0, name
 
 
 class Bigram(nn.Module):
-    def __init__(self, vocab: int, width: int = 32):
+    """Embedding -> linear -> tanh -> output layer, the output layer tied to the embedding (the weight-tying tip)."""
+
+    def __init__(self, vocab: int, width: int = 32, tie: bool = True):
         super().__init__()
         self.emb = nn.Embedding(vocab, width)
+        self.hidden = nn.Linear(width, width)
         self.head = nn.Linear(width, vocab)
+        if tie:  # the shared matrix serves as the output layer too, so initialise it at the output layer's scale
+            nn.init.normal_(self.emb.weight, std=width ** -0.5)
+            tie_weights(self.emb, self.head)
 
     def forward(self, tokens):
-        return self.head(torch.tanh(self.emb(tokens)))
+        return self.head(torch.tanh(self.hidden(self.emb(tokens))))
 
 
-def bigram_lm(seed=0) -> Task:
+def bigram_lm(seed=0, tie=True) -> Task:
     """Sequences that count up modulo 12 with random starts: each next token is predictable."""
     g = torch.Generator().manual_seed(0)
     start = torch.randint(0, 12, (600, 1), generator=g)
@@ -113,7 +119,8 @@ def bigram_lm(seed=0) -> Task:
     x, y = seq[:, :-1], seq[:, 1:]
     (tr, va, te), _ = _splits(x, y, 100, 100)
     torch.manual_seed(seed)
-    return Task(Bigram(12), tr, va, te, kind="language-model", batch_size=32, name="count-lm")
+    return Task(Bigram(12, tie=tie), tr, va, te, kind="language-model", batch_size=32,
+                name="count-lm" if tie else "untied-lm")
 
 
 def unseen_street_task() -> Task:
@@ -249,4 +256,5 @@ BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
     "raw-street-ids": (lambda: tabular_data(encoder=CategoryEncoder(threshold=1.0, normalize_text=False)).task(
         name="raw-street-ids"), {"encode-categoricals"}),
     "unseen-street": (unseen_street_task, {"encode-categoricals"}),
+    "untied-lm": (lambda: bigram_lm(tie=False), {"weight-tying"}),
 }

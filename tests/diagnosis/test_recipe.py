@@ -155,3 +155,37 @@ def test_digits_demo_runs_clean_within_a_minute(tmp_path):
     assert (tmp_path / "report.html").stat().st_size > 10_000
     assert wall < 75  # 60 s budget, plus interpreter start-up and report writing
     assert digits_task().n_classes == 10
+
+
+class _TinyLM(nn.Module):
+    def __init__(self, vocab: int, width: int = 16, tie: bool = True):
+        super().__init__()
+        self.emb, self.hidden, self.head = nn.Embedding(vocab, width), nn.Linear(width, width), nn.Linear(width, vocab)
+        if tie:
+            nn.init.normal_(self.emb.weight, std=width ** -0.5)
+            self.head.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.hidden(self.emb(tokens))))
+
+
+def lm_task(tie: bool = True) -> Task:
+    """Counting modulo 10 in a vocabulary of 12: ids 10 and 11 never occur."""
+    g = torch.Generator().manual_seed(0)
+    seq = (torch.randint(0, 10, (300, 1), generator=g) + torch.arange(13)) % 10
+    data = TensorDataset(seq[:, :-1], seq[:, 1:])
+    sets = torch.utils.data.random_split(data, [200, 50, 50], generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    return Task(_TinyLM(12, tie=tie), *sets, kind="language-model", n_classes=12, batch_size=32)
+
+
+def test_language_model_tasks_get_weight_tying_and_unseen_tokens():
+    report = doctor(lm_task(), budget_s=8, progress=False)
+    status = {f.tip: f.status for f in report.findings}
+    assert status["weight-tying"] == "pass" and status["unseen-tokens"] == "pass"
+    unseen = next(f for f in report.findings if f.tip == "unseen-tokens")
+    assert unseen.evidence["unseen_mass"] < 0.01 < unseen.evidence["uniform_mass"]  # uniform: 2 of 12 ids = 1/6
+    untied = doctor(lm_task(tie=False), budget_s=8, progress=False, only=["weight-tying"])
+    assert [(f.tip, f.status) for f in untied.findings] == [("weight-tying", "warn")]
+    assert "weight-tying" not in {f.tip for f in doctor(small_task(), budget_s=5, progress=False,
+                                                          only=["weight-tying", "initialization"]).findings}

@@ -75,3 +75,20 @@ def test_tabular_mixup_note():
     plain = dataclasses.replace(task, model=torch.nn.Sequential(task.model))  # a wrapper that does not say it mixes
     assert check_tabular_mixup(plain)[0].evidence["mixes_embeddings"] is False
     assert check_tabular_mixup(digits_task()) == []
+
+
+def test_worst_predictions_show_rows_as_read():
+    from dltips import check_worst_predictions
+
+    task = tabular_task()
+    data = data_of(task)
+    finding, = check_worst_predictions(task.model, task, device="cpu")
+    table = finding.figures[0]
+    assert table["columns"][:4] == ["index", "target", "prediction", "loss"]
+    assert table["columns"][4:] == ["street", "x1", "x2", "x3"]
+    names = data.encoder.categories_["street"]
+    for row in table["rows"]:
+        i, street = row[0], row[4]
+        raw, name = data.raw["train"]["street"][i], names[int(task.train.categorical[i, 0])]
+        assert street == (name if raw == name else f"{raw} -> {name}")
+        assert row[5] == f"{float(task.train.continuous[i, 0]):.3g}"

@@ -272,6 +272,12 @@ def _figure(task: Task, r: Ranked) -> dict:
                 "images": [display_image(x) for x in inputs], "captions": captions}
     columns = ["index", "target", "prediction", "loss"]
     rows = [[r.indices[i], _short(r.targets[i]), _short(r.predictions[i]), round(r.losses[i], 4)] for i in shown]
+    describe = getattr(task.train, "describe", None)
+    if callable(describe) and shown:  # a dataset that can show its rows as a person reads them (e.g. TabularDataset)
+        described = [describe(r.indices[i]) for i in shown]
+        keys = list(described[0])[:FEATURES_SHOWN]
+        return {"kind": "table", "title": "Worst training predictions (highest loss first)", "columns": columns + keys,
+                "rows": [row + [_short(d.get(k)) for k in keys] for row, d in zip(rows, described, strict=True)]}
     if inputs and all(isinstance(x, torch.Tensor) and x.dim() == 1 and x.is_floating_point() for x in inputs):
         k = min(FEATURES_SHOWN, len(inputs[0]))
         columns += [f"x[{j}]" for j in range(k)]

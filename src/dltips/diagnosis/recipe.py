@@ -75,6 +75,7 @@ class Doctor:
         from dltips.data.inputs import check_inputs
         from dltips.data.invariance import describe_invariances
         from dltips.data.resolution import check_image_resolution
+        from dltips.nlp.tying import check_weight_tying
         from dltips.tabular.categoricals import check_task_categoricals, tabular_data
         from dltips.tabular.embeddings import check_embedding_sizes
         from dltips.tabular.model import check_tabular_mixup
@@ -88,6 +89,8 @@ class Doctor:
             self.step("encode-categoricals", lambda: check_task_categoricals(task))
             self.step("categorical-embedding-size", lambda: check_embedding_sizes(task))
             self.step("mixup", lambda: check_tabular_mixup(task))
+        if task.kind == "language-model":
+            self.step("weight-tying", lambda: check_weight_tying(task.model))
         if task.augment is not None:
             self.step("augmentation-invariances", lambda: describe_invariances(task.augment))
         self.step("initialization", lambda: check_initial_loss(task, device=self.device))
@@ -101,7 +104,7 @@ class Doctor:
         if not ladder_ok:
             reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
                       "training would only restate that failure. Fix that first.")
-            for tip in ("default-lr", "overfit-then-regularize", *SHORT_RUN_TIPS, *MONITOR_TIPS):
+            for tip in ("default-lr", "overfit-then-regularize", *short_run_tips(task), *MONITOR_TIPS):
                 if self.wanted(tip):
                     self.findings.append(Finding(tip, "skip", "Skipped: overfit-tiny failed", reason))
             return self.finish(task)
@@ -115,6 +118,10 @@ class Doctor:
 
             self.step("error-gaps", lambda: measure_error_gaps(trained, task, device=self.device))
             self.step("worst-predictions", lambda: check_worst_predictions(trained, task, device=self.device))
+            if task.kind == "language-model":
+                from dltips.nlp.unseen import check_unseen_tokens
+
+                self.step("unseen-tokens", lambda: check_unseen_tokens(trained, task, device=self.device))
             if task.augment is not None:
                 from dltips.data.invariance import check_label_preserving
 
@@ -168,7 +175,7 @@ class Doctor:
         time limit of 1.5 times the run's share of the budget stops it early when
         steps turn out slower (per-epoch evaluations, a busy machine).
         """
-        if not any(self.wanted(tip) for tip in (*SHORT_RUN_TIPS, *MONITOR_TIPS, "overfit-then-regularize")):
+        if not any(self.wanted(tip) for tip in (*short_run_tips(task), *MONITOR_TIPS, "overfit-then-regularize")):
             return None, None
         from dltips.monitor.metrics import MetricTracker
         from dltips.monitor.watch import Watch
@@ -189,7 +196,7 @@ class Doctor:
         except Exception as e:
             if self.debug:
                 raise
-            for tip in SHORT_RUN_TIPS:
+            for tip in short_run_tips(task):
                 if self.wanted(tip):
                     self.findings.append(Finding(tip, "skip", "Could not run: training failed",
                                                  f"The short training run raised {type(e).__name__}: {e}"))
@@ -231,6 +238,11 @@ class Doctor:
     def report(self) -> Report:
         return Report(task=self.task.summary(), findings=self.findings, duration_s=self.elapsed,
                       timings=dict(self.timings))
+
+
+def short_run_tips(task: Task) -> tuple[str, ...]:
+    """The tips judged on the short run's trained model (unseen-tokens only for a language model)."""
+    return (*SHORT_RUN_TIPS, "unseen-tokens") if task.kind == "language-model" else SHORT_RUN_TIPS
 
 
 def doctor(

@@ -235,10 +235,12 @@ class TabularDataset(Dataset):
     """Processed rows: item i is ({"categorical": ids (k,), "continuous": values (m,)}, target).
 
     A key is left out when its width is 0. `data` points back to the
-    TabularData that made it (encoder, statistics, classes).
+    TabularData that made it (encoder, statistics, classes); `raw` holds the
+    raw categorical values of the rows ({column: values}), for `describe`.
     """
 
-    def __init__(self, categorical: Tensor, continuous: Tensor, target: Tensor, data: TabularData | None = None):
+    def __init__(self, categorical: Tensor, continuous: Tensor, target: Tensor, data: TabularData | None = None,
+                 raw: Mapping[str, list] | None = None):
         n = len(target)
         if categorical.ndim != 2 or continuous.ndim != 2 or len(categorical) != n or len(continuous) != n:
             raise ValueError(f"categorical (N, k), continuous (N, m) and target (N,) must share N; got shapes "
@@ -247,6 +249,23 @@ class TabularDataset(Dataset):
         self.continuous = continuous
         self.target = target
         self.data = data
+        self.raw = dict(raw) if raw is not None else {}
+
+    def describe(self, i: int) -> dict[str, Any]:
+        """Row i as a person reads it: each categorical column's raw value (with the category it was encoded
+        as, when that differs) and each continuous column's processed value. Used by reports."""
+        row: dict[str, Any] = {}
+        names = self.data.categorical if self.data is not None else [str(j) for j in range(self.categorical.shape[1])]
+        categories = self.data.encoder.categories_ if self.data is not None and self.data.encoder is not None else {}
+        for j, column in enumerate(names):
+            code = int(self.categorical[i, j])
+            name = categories[column][code] if column in categories else str(code)
+            raw = self.raw[column][i] if column in self.raw else None
+            row[column] = name if raw is None or str(raw) == name else f"{raw!s} -> {name}"
+        continuous = self.data.continuous if self.data is not None else [f"x{j}" for j in range(self.continuous.shape[1])]
+        for j, column in enumerate(continuous):
+            row[column] = round(float(self.continuous[i, j]), 4)
+        return row
 
     def __len__(self) -> int:
         return len(self.target)
@@ -399,7 +418,7 @@ class TabularData:
                 indicators.append(missing.astype(np.float32))
         continuous = np.stack(values + indicators, axis=1) if values else np.zeros((n, 0), dtype=np.float32)
         target = _encode_targets(self.kind, labels, self.classes, self.target)
-        return TabularDataset(torch.from_numpy(ids), torch.from_numpy(continuous), target, data=self)
+        return TabularDataset(torch.from_numpy(ids), torch.from_numpy(continuous), target, data=self, raw=cat)
 
     def _encode(self, cat: dict[str, list], n: int) -> np.ndarray:
         if not self.categorical:
