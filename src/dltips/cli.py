@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train a demo task with the recommended recipe")
     demo.add_argument("name", choices=sorted(DEMOS))
     demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument("--sizes", type=_name_list, metavar="SIZE,...",
+                      help="charlm only: train these model sizes (e.g. tiny,small,medium) for --steps steps each and "
+                           "report the validation loss and the probes per size (emergent-scaling, logloss-downstream)")
+    demo.add_argument("--steps", type=int, default=300, help="training steps per size with --sizes (default 300)")
+    demo.add_argument("--json", metavar="PATH", help="with --sizes: write the report as JSON")
+    demo.add_argument("--html", metavar="PATH", help="with --sizes: write the report, with the plots, as HTML")
     demo.set_defaults(command="demo", run=_run_demo)
 
     budget = commands.add_parser("budget", help="complete a training budget (C = 6·N·D) and show trade-offs at the same compute",
@@ -63,11 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEMOS = {"digits": "dltips.demos.digits:digits_task", "tabular": "dltips.demos.tabular:tabular_task"}
+DEMOS = {"digits": "dltips.demos.digits:digits_task", "tabular": "dltips.demos.tabular:tabular_task",
+         "charlm": "dltips.demos.charlm:charlm_task"}
 
 
 class TargetError(Exception):
     """The doctor's target cannot be loaded or does not give a valid Task."""
+
+
+def _name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name, e.g. tiny,small,medium")
+    return names
 
 
 def _tip_list(text: str) -> list[str]:
@@ -146,11 +160,41 @@ def _run_doctor(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from dltips.training.fit import Recipe, fit
 
+    if args.sizes is not None:
+        return _run_scaling(args)
     task = load_target(DEMOS[args.name])
     result = fit(task, epochs=args.epochs, recipe=Recipe())
     last = result.history[-1]
     print(f"{args.name}: {result.steps} steps in {result.duration_s:.1f}s; "
           + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("valid")))
+    return 0
+
+
+def _run_scaling(args: argparse.Namespace) -> int:
+    """`dltips demo charlm --sizes ...`: a scaling study of the demo's model sizes, as a report."""
+    import time
+
+    from dltips.demos.charlm import SIZES, charlm_data, charlm_task
+    from dltips.findings import Report
+    from dltips.nlp.emergent import char_probes, check_emergent_scaling, scaling_study
+
+    if args.name != "charlm":
+        return _fail(f"--sizes is for the charlm demo only, not {args.name!r}", False)
+    unknown = [size for size in args.sizes if size not in SIZES]
+    if unknown or args.steps < 1:
+        return _fail(f"unknown sizes {unknown}; choose from {', '.join(SIZES)}" if unknown
+                     else f"--steps must be at least 1, got {args.steps}", False)
+    start = time.perf_counter()
+    vocab = charlm_data()[0]
+    points = scaling_study(charlm_task, args.sizes, args.steps, char_probes(vocab.chars), progress=True)
+    summary = {"name": "charlm scaling", "kind": "language-model", "n_classes": len(vocab), "sizes": args.sizes,
+               "steps": args.steps, "n_params": {p.size: p.params for p in points}}
+    report = Report(task=summary, findings=check_emergent_scaling(points), duration_s=time.perf_counter() - start)
+    report.print()
+    if args.json:
+        report.to_json(args.json)
+    if args.html:
+        report.to_html(args.html)
     return 0
 
 
