@@ -4,6 +4,8 @@ import copy
 import dataclasses
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ from dltips import Task
 from dltips.nlp import unseen
 from dltips.nlp.unseen import FAIL_MASS, FAIL_RATIO, RARE_COUNT, check_unseen_tokens, measure_unseen_mass, token_counts
 from dltips.training.fit import Recipe, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from synthetic import Bigram  # noqa: E402
 
 
 class ListDataset:
@@ -39,16 +44,6 @@ class TableLM(nn.Module):
 
     def forward(self, tokens):
         return self.table[tokens]
-
-
-class Bigram(nn.Module):
-    def __init__(self, vocab, width=32):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, tokens):
-        return self.head(torch.tanh(self.emb(tokens)))
 
 
 def lm_task(model, train_seq, valid_seq, **kw):

@@ -34,3 +34,15 @@ def mlp(d_in, d_out, width=64):
 def make_task(model, x, y, **kw):
     cut = int(len(x) * 0.8)
     return Task(model, TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:]), **kw)
+
+
+class Bigram(nn.Module):
+    """A language model that sees one token: embedding -> tanh -> output layer (untied)."""
+
+    def __init__(self, vocab, width=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.emb(tokens)))

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 from dltips import Task
 from dltips.predict import evenly_spaced
 from dltips.training.init import check_initial_loss, expected_initial_loss
-from synthetic import blobs, make_task, mlp
+from synthetic import Bigram, blobs, make_task, mlp
 
 # ---------------------------------------------------------------- small tasks (PyTorch default initialisation)
 
@@ -44,16 +44,6 @@ def regression(seed=0, offset=0.0):
     y = (y - y.mean()) / y.std() + offset
     torch.manual_seed(seed)
     return make_task(mlp(16, 1), x, y, kind="regression")
-
-
-class Bigram(nn.Module):
-    def __init__(self, vocab, width=32):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, tokens):
-        return self.head(torch.tanh(self.emb(tokens)))
 
 
 def counting_lm(seed=0, vocab=12):

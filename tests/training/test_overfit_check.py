@@ -19,7 +19,7 @@ from dltips.training.overfit import (
     check_overfit_tiny,
     overfit_ladder,
 )
-from synthetic import blobs, make_task, mlp, spirals
+from synthetic import Bigram, blobs, make_task, mlp, spirals
 
 # ---------------------------------------------------------------- small tasks (PyTorch default initialisation)
 
@@ -63,16 +63,6 @@ def images(batchnorm=False):
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), norm, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 10))
     return make_task(model, x.reshape(-1, 1, 8, 8), y)
-
-
-class Bigram(nn.Module):
-    def __init__(self, vocab, width=32):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, tokens):
-        return self.head(torch.tanh(self.emb(tokens)))
 
 
 class GRULM(nn.Module):
