@@ -147,6 +147,14 @@ def _compact(text: str) -> str:
     return text.replace(" ", "")
 
 
+def _first_by_compact(values: Sequence[str]) -> dict[str, int]:
+    """{spelling without spaces: index of its first spelling in `values`}."""
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        first.setdefault(_compact(value), i)
+    return first
+
+
 def similarity(a: str, b: str, relaxed: bool = False) -> float:
     """How likely two normalised spellings name the same category, in [0, 1].
 
@@ -518,11 +526,13 @@ class CategoryEncoder:
             table = table.get(column, {})
         return {self._plain_key(str(k)): self._plain_key(str(v)) for k, v in table.items()}
 
-    def _is_missing(self, value: Any) -> bool:
-        if is_missing(value):
-            return True
-        key = normalize(str(value))
-        return key == "" or key in {normalize(v) for v in self.missing_values}
+    @functools.cached_property
+    def _missing_keys(self) -> frozenset[str]:
+        return frozenset(normalize(v) for v in self.missing_values)
+
+    def _is_missing_text(self, raw: str) -> bool:
+        key = normalize(raw)
+        return key == "" or key in self._missing_keys
 
     def _known_key(self, state: _Column, goal: str, spelling: Any, column: Any) -> str:
         if goal in state.counts:
@@ -531,13 +541,10 @@ class CategoryEncoder:
                          "merge into one of the spellings listed in `merges` or `categories_`")
 
     def _fit_column(self, column: Any, values: list) -> _Column:
-        raw_counts: Counter = Counter()
-        missing = 0
-        for value in values:
-            if self._is_missing(value):
-                missing += 1
-            else:
-                raw_counts[str(value)] += 1
+        raw_counts = Counter(str(value) for value in values if not is_missing(value))
+        for raw in [raw for raw in raw_counts if self._is_missing_text(raw)]:  # each distinct spelling once
+            del raw_counts[raw]
+        missing = len(values) - sum(raw_counts.values())
         synonyms = self._synonyms_for(column)
         keys = {raw: self._key(raw, synonyms) for raw in raw_counts}
         counts: Counter = Counter()
@@ -548,10 +555,10 @@ class CategoryEncoder:
         merging = self.threshold < 1.0
         # each spelling may join a more frequent one (earlier in `order`), never a rarer one
         found = _NgramIndex(order).candidates(order, before=range(len(order))) if merging else [[] for _ in order]
-        first_compact: dict[str, int] = {}
+        first = _first_by_compact(order)
         for i, key in enumerate(order):
             state.target[key], state.score[key], state.reason[key] = key, 1.0, "head"
-            same = first_compact.setdefault(_compact(key), i) if merging else i
+            same = first[_compact(key)] if merging else i
             if same != i:  # equal but for spaces: n-grams across the spaces may hide it
                 state.target[key], state.score[key], state.reason[key] = order[same], 1.0, "similar"
                 continue
@@ -597,33 +604,29 @@ class CategoryEncoder:
 
     def _transform_column(self, column: Any, values: list) -> np.ndarray:
         state = self._state[column]
-        codes = np.empty(len(values), dtype=np.int64)
-        code_of: dict[str, int] = {}
-        counts = {"rows": len(values), "missing": 0, "unknown": 0, "rare": 0, "matched": 0}
+        raws = [None if is_missing(value) else str(value) for value in values]
+        code_of: dict[str | None, int] = {None: MISSING}
         new: list[str] = []
-        for value in values:
-            if not self._is_missing(value):
-                raw = str(value)
-                if raw not in code_of:
-                    key = state.keys.get(raw) or self._key(raw, state.synonyms)
-                    code_of[raw] = self._known_code(state, key) if key in state.target else -1
-                    if code_of[raw] == -1:
-                        new.append(raw)
-        if new:
-            for raw, code in zip(new, self._match_new(state, [self._key(r, state.synonyms) for r in new])):
-                code_of[raw] = code
-        matched = {raw for raw in new if code_of[raw] not in (UNKNOWN,)}
-        for i, value in enumerate(values):
-            if self._is_missing(value):
-                codes[i] = MISSING
-                counts["missing"] += 1
+        for raw in dict.fromkeys(raws):  # each distinct spelling once
+            if raw in code_of:
                 continue
-            raw = str(value)
-            codes[i] = code_of[raw]
-            counts["unknown"] += codes[i] == UNKNOWN
-            counts["rare"] += codes[i] == RARE
-            counts["matched"] += raw in matched
-        self.last_counts_[column] = {k: int(v) for k, v in counts.items()}
+            key = state.keys.get(raw)  # a training spelling: never missing
+            if key is None:
+                if self._is_missing_text(raw):
+                    code_of[raw] = MISSING
+                    continue
+                key = self._key(raw, state.synonyms)
+            if key in state.target:
+                code_of[raw] = self._known_code(state, key)
+            else:
+                new.append(raw)
+        for raw, code in zip(new, self._match_new(state, [self._key(r, state.synonyms) for r in new])):
+            code_of[raw] = code
+        codes = np.fromiter((code_of[raw] for raw in raws), dtype=np.int64, count=len(raws))
+        matched = {raw for raw in new if code_of[raw] != UNKNOWN}
+        self.last_counts_[column] = {"rows": len(values), "missing": int((codes == MISSING).sum()),
+                                     "unknown": int((codes == UNKNOWN).sum()), "rare": int((codes == RARE).sum()),
+                                     "matched": sum(raw in matched for raw in raws)}
         return codes
 
     def _known_code(self, state: _Column, key: str) -> int:
@@ -635,9 +638,7 @@ class CategoryEncoder:
             return [UNKNOWN] * len(keys)
         if state._index is None:
             state._index = _NgramIndex(sorted(state.counts, key=lambda k: (-state.counts[k], k)))
-            state._compact = {}
-            for i, value in enumerate(state._index.values):
-                state._compact.setdefault(_compact(value), i)
+            state._compact = _first_by_compact(state._index.values)
         index = state._index
         codes = []
         for key, found in zip(keys, index.candidates(keys)):
@@ -719,14 +720,14 @@ def check_categoricals(train: Any, valid: Any = None, test: Any = None, encoder:
     reference = CategoryEncoder().fit(train)
     used = encoder if encoder is not None else reference
     used._check_fitted()
-    columns = reference._columns_like_fit(train)
     evidence: dict[str, dict] = {}
     for column in reference.columns_:
         state = reference._state[column]
-        raw = len({str(v) for v in columns[column] if not reference._is_missing(v)})
+        raw = len(state.raw_counts)
         kept = raw if encoder is None else used.n_categories_[column] - len(RESERVED)
         evidence[str(column)] = {"raw": raw, "normalized": len(state.counts), "merged": len(state.names) - len(RESERVED),
-                                 "kept": kept, "train_missing": state.missing, "train_rows": len(columns[column])}
+                                 "kept": kept, "train_missing": state.missing,
+                                 "train_rows": state.missing + sum(state.raw_counts.values())}
     for split, data in (("valid", valid), ("test", test)):
         if data is not None:
             for column, counts in used.describe(data).items():
