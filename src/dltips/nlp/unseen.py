@@ -85,7 +85,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced
 from dltips.task import IGNORE_INDEX, Task, to_device
-from dltips.training.overfit import resolve_device
+from dltips.training.overfit import _check_positive_int, resolve_device
 
 __all__ = ["UnseenMass", "check_unseen_tokens", "measure_unseen_mass", "token_counts"]
 
@@ -242,11 +242,6 @@ def _check_counts(counts: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
     if bool((counts < 0).any()):
         raise ValueError("counts must be >= 0")
     return counts.cpu()
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 # ---------------------------------------------------------------------- the check

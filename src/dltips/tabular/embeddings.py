@@ -27,7 +27,7 @@ def emb_size(n_categories: int) -> int:
     Count every id the embedding table must hold, including reserved ids for
     missing, unknown or rare values. The rule is fastai's `emb_sz_rule`.
     """
-    n = _positive_int("n_categories", n_categories)
+    n = _int_at_least("n_categories", n_categories)
     return min(MAX_EMB_SIZE, round(1.6 * n**0.56))
 
 
@@ -51,9 +51,9 @@ def emb_sizes(source: Any, overrides: Mapping[str | int, int] | None = None) -> 
 def _counts_of(source: Any) -> dict[str, int] | list[int]:
     """The category counts in `source`, validated, as a dict (named columns) or a list."""
     if isinstance(source, Mapping):
-        return {col: _positive_int(f"n_categories of column {col!r}", n) for col, n in source.items()}
+        return {col: _int_at_least(f"n_categories of column {col!r}", n) for col, n in source.items()}
     if isinstance(source, (list, tuple)):
-        return [_positive_int(f"n_categories at index {i}", n) for i, n in enumerate(source)]
+        return [_int_at_least(f"n_categories at index {i}", n) for i, n in enumerate(source)]
     if hasattr(source, "fit") and hasattr(source, "transform"):
         try:
             counts = source.n_categories_
@@ -80,14 +80,14 @@ def _checked_overrides(overrides: Mapping[str | int, int] | None, keys: Sequence
     for key, dim in overrides.items():
         if isinstance(key, (bool, float)) or key not in keys:
             raise ValueError(f"overrides names {key!r}, which is not a key of the source; known keys: {list(keys)}")
-        dims[key] = _positive_int(f"overrides[{key!r}]", dim)
+        dims[key] = _int_at_least(f"overrides[{key!r}]", dim)
     return dims
 
 
-def _positive_int(name: str, value: Any) -> int:
-    """`value` as an int, after checking it is an integer >= 1 (numpy integers accepted, bools rejected)."""
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def _int_at_least(name: str, value: Any, low: int = 1) -> int:
+    """`value` as an int, after checking it is an integer >= `low` (numpy integers accepted, bools rejected)."""
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 
 

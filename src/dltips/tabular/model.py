@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dltips.findings import Finding
-from dltips.tabular.embeddings import EmbSizes, emb_sizes
+from dltips.tabular.embeddings import EmbSizes, _int_at_least, emb_sizes
 from dltips.task import Task
 from dltips.training.mixup import MIXUP_LAM, MIXUP_PERM
 
@@ -652,12 +652,6 @@ def _label_key(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _int_at_least(name: str, value: Any, low: int) -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
 
 
 def _probability(name: str, value: Any) -> float:
