@@ -111,6 +111,17 @@ class Bigram(nn.Module):
         return self.head(torch.tanh(self.hidden(self.emb(tokens))))
 
 
+class ContextBlind(nn.Module):
+    """Next-token logits that ignore the input: a language model that can learn only the tokens' frequencies."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, tokens):
+        return self.logits.expand(*tokens.shape, -1)
+
+
 def bigram_lm(seed=0, tie=True) -> Task:
     """Sequences that count up modulo 12 with random starts: each next token is predictable."""
     g = torch.Generator().manual_seed(0)
@@ -257,4 +268,6 @@ BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
         name="raw-street-ids"), {"encode-categoricals"}),
     "unseen-street": (unseen_street_task, {"encode-categoricals"}),
     "untied-lm": (lambda: bigram_lm(tie=False), {"weight-tying"}),
+    "blind-lm": (lambda: _with(bigram_lm(), model=ContextBlind(12), name="blind-lm"),
+                 {"overfit-tiny", "overfit-then-regularize", "error-gaps"}),
 }

@@ -224,3 +224,19 @@ def test_fit_lowers_the_validation_loss(one_thread):
     assert result.steps == 40
     assert before == pytest.approx(math.log(task.n_classes), abs=0.1)
     assert after < before - 0.8  # from ln V (4.55) to below the unigram entropy's neighbourhood
+
+
+@pytest.mark.slow
+def test_the_doctors_report_on_the_demo_is_clean(one_thread):
+    """`dltips doctor --demo charlm`: every verdict the demo can get passes or only informs.
+
+    Before the doctor read language models against the majority-token baseline, the capacity
+    check and the error gaps warned on this healthy model: 70% next-character error, judged against zero.
+    """
+    report = dltips.doctor(charlm_task(), seed=0, device="cpu", progress=False)
+    flagged = [(f.tip, f.status, f.message) for f in report.findings if f.status in ("warn", "fail")]
+    assert not flagged
+    statuses = {f.tip: f.status for f in report.findings}
+    for tip in ("initialization", "overfit-tiny", "weight-tying", "unseen-tokens", "error-gaps"):
+        assert statuses[tip] == "pass", tip
+    assert statuses["overfit-then-regularize"] in ("pass", "info")

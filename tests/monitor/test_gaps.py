@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from dltips.findings import Report
 from dltips.monitor.gaps import check_error_gaps, measure_error_gaps
-from dltips.predict import evenly_spaced
+from dltips.predict import LM_BASELINE_FRACTION, evenly_spaced
 from dltips.task import Task
 
 # (train, valid, test, baseline) -> (status, dominant gap); the runs of the module docstring,
@@ -101,6 +101,38 @@ def test_regression_without_baseline_judges_gaps_by_ratio_and_not_bias():
     assert check_error_gaps(3.0, 6.3, kind="regression")[0].status == "warn"  # valid > 2 x train
     assert check_error_gaps(3.0, 4.5, kind="regression")[0].status == "info"  # valid > 4/3 x train
     assert check_error_gaps(3.0, 3.2, 7.0, kind="regression")[0].evidence["dominant"] == "valid_overfit"
+
+
+# (train, valid, test, baseline) of language models on the charlm corpus after 300 AdamW steps
+# (the measurements behind dltips.predict.LM_BASELINE_FRACTION).
+LM_CALIBRATION = [
+    ("CharGPT", (0.712, 0.718, 0.718, 0.839), "pass"),
+    ("bigram model", (0.753, 0.756, 0.754, 0.839), "pass"),
+    ("model blind to its input", (0.853, 0.839, 0.838, 0.839), "warn"),
+    ("CharGPT at LR 1e-7", (0.958, 0.965, 0.967, 0.839), "warn"),
+]
+
+
+@pytest.mark.parametrize("name, errors, status", LM_CALIBRATION, ids=[c[0] for c in LM_CALIBRATION])
+def test_language_model_bias_is_read_against_the_baseline_not_zero(name, errors, status):
+    (f,) = check_error_gaps(*errors, kind="language-model")
+    assert f.status == status, f.message
+    assert "not against zero" in f.message
+    assert f.evidence["gaps"]["bias"]["large"] == pytest.approx(LM_BASELINE_FRACTION * errors[3])
+    if status == "warn":
+        assert f.evidence["dominant"] == "bias" and "beyond the tokens' frequencies" in f.message
+    # the same errors for a classifier are judged against zero
+    assert check_error_gaps(*errors, kind="classification")[0].evidence["dominant"] == "bias"
+
+
+def test_language_model_bias_is_never_mild_and_other_gaps_are_judged_as_usual():
+    limit = LM_BASELINE_FRACTION * 0.8
+    assert check_error_gaps(limit - 0.001, limit, 0.76, 0.8, kind="language-model")[0].status == "pass"
+    assert check_error_gaps(limit + 0.001, limit, 0.76, 0.8, kind="language-model")[0].status == "warn"
+    (overfit,) = check_error_gaps(0.3, 0.6, 0.6, 0.8, kind="language-model")
+    assert overfit.evidence["dominant"] == "variance" and overfit.status == "warn"
+    (no_baseline,) = check_error_gaps(0.7, 0.71, kind="language-model")
+    assert no_baseline.evidence["gaps"]["bias"]["large"] is None and "most frequent token" in no_baseline.message
 
 
 @pytest.mark.parametrize(

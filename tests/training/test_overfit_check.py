@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dltips.predict import LM_BASELINE_FRACTION
 from dltips.training import overfit
 from dltips.training.overfit import (
     OverfitResult,
@@ -351,6 +352,40 @@ def test_capacity_warns_when_the_model_cannot_fit(name, make):
     assert "regularisation will not help" in finding.message
     assert "bigger model" in finding.fix
     assert finding.evidence["trend"] == "flat"
+
+
+class ContextBlindLM(nn.Module):
+    """Logits that ignore the input: the best it can do is the tokens' frequencies."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, tokens):
+        return self.logits.expand(*tokens.shape, -1)
+
+
+def noisy_successor_lm(model):
+    """Each of 12 tokens is followed by one of its 3 successors at random: next-token error >= 2/3 for any model."""
+    generator = torch.Generator().manual_seed(0)
+    seq = [torch.randint(0, 12, (400,), generator=generator)]
+    for _ in range(16):
+        seq.append((seq[-1] + torch.randint(1, 4, (400,), generator=generator)) % 12)
+    seq = torch.stack(seq, 1)
+    torch.manual_seed(0)
+    return make_task(model, seq[:, :-1], seq[:, 1:], kind="language-model", batch_size=32)
+
+
+def test_a_language_model_levelling_off_above_zero_but_below_the_baseline_is_not_a_capacity_warning():
+    (finding,) = check_capacity(noisy_successor_lm(Bigram(12)))
+    ev = finding.evidence
+    assert ev["trend"] == "flat" and ev["train_error"] > 0.6  # at the floor the data sets
+    assert ev["train_error"] <= LM_BASELINE_FRACTION * ev["baseline_error"]
+    assert finding.status == "info" and "text's own unpredictability" in finding.message
+    # the same data, a model that cannot use its input: no better than the most frequent token
+    (blind,) = check_capacity(noisy_successor_lm(ContextBlindLM(12)))
+    assert blind.status == "warn" and blind.evidence["trend"] == "flat"
+    assert blind.evidence["train_error"] > LM_BASELINE_FRACTION * blind.evidence["baseline_error"]
 
 
 def test_capacity_still_falling_is_not_a_verdict():

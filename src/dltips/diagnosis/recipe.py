@@ -31,6 +31,7 @@ from dltips.task import Task, choose_device, to_device
 
 # Shares of the training budget (what is left after the cheap checks); the LR range test
 # (a fixed 100 steps) and the evaluations after the short run use the rest.
+LADDER_MAX_STEPS = 300  # overfit-tiny's step cap per rung; its time share stops it sooner on slow models
 SHARES = {"overfit-tiny": 0.20, "short-run": 0.40, "overfit-then-regularize": 0.20}
 SHORT_RUN_TIPS = ("error-gaps", "worst-predictions")
 # Verdicts of the monitors watching the short run (dltips.watch and the metric tracker).
@@ -100,7 +101,11 @@ class Doctor:
         def steps(share: float, cap: int) -> int:
             return int(min(cap, max(20, share * train_budget / step_s)))
 
-        ladder_ok = self.overfit_ladder(task, steps(SHARES["overfit-tiny"], 300), SHARES["overfit-tiny"] * train_budget)
+        # The ladder's step cap is its own (300), not one derived from the time share: a full-batch step,
+        # which `step_s` measures, costs more than a rung's step on 1-32 items, and a rung cut short by a
+        # derived cap would fail where one cut short by the clock only stops (charlm on one thread: 89 steps
+        # with one character in 1,024 still wrong).
+        ladder_ok = self.overfit_ladder(task, LADDER_MAX_STEPS, SHARES["overfit-tiny"] * train_budget)
         if not ladder_ok:
             reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
                       "training would only restate that failure. Fix that first.")

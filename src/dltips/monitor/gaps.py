@@ -21,7 +21,10 @@ hundred validation items from being read as a gap. For regression the errors
 carry the units of the target, so there are no floors: S is the baseline MSE
 (the variance of the targets), and a large bias means a training R^2 below
 0.8. Without a baseline a regression's bias is not judged, and a gap counts as
-large when the later error is more than twice the earlier (mild: 4/3).
+large when the later error is more than twice the earlier (mild: 4/3). A
+language model's next-token error has a floor set by the text, so its bias is
+large only above 95% of the majority-token baseline (`LM_BASELINE_FRACTION`,
+calibrated in `dltips.predict`), and never mild.
 
 Calibration: sklearn's digits (1078 train / 359 valid / 360 test items, 8x8
 images scaled to [0, 1]), fitted with `dltips.fit` on the CPU; the trivial
@@ -49,7 +52,7 @@ import torch
 from torch import nn
 
 from dltips.findings import Finding
-from dltips.predict import baseline_error, error_rate, evenly_spaced, predict, standard_error
+from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate, evenly_spaced, predict, standard_error
 from dltips.task import KINDS, Task
 
 TIP = "error-gaps"
@@ -132,6 +135,8 @@ def check_error_gaps(
         _check_error(f"{name}_error", value, rate)
 
     gaps = _gaps(train_error, valid_error, test_error, baseline_error, rate)
+    if kind == "language-model":
+        gaps["bias"] = _language_model_bias(train_error, baseline_error)
     if standard_errors:
         for key, (a, b) in {"variance": ("valid", "train"), "valid_overfit": ("test", "valid")}.items():
             g = gaps[key]
@@ -152,7 +157,7 @@ def check_error_gaps(
     if baseline_error is not None and train_error >= baseline_error:
         parts.append("The model is no better than the baseline on its own training data.")
     for key in ("bias", "variance", "valid_overfit"):
-        parts.append(_describe(key, gaps[key], fmt, key in large, key in mild))
+        parts.append(_describe(key, gaps[key], fmt, key in large, key in mild, kind == "language-model"))
     message = " ".join(p for p in parts if p)
 
     if dominant is None:
@@ -246,6 +251,19 @@ def _gaps(train: float, valid: float, test: float | None, baseline: float | None
     }
 
 
+def _language_model_bias(train: float, baseline: float | None) -> Gap:
+    """A language model's bias is judged against the majority-token baseline, not against zero.
+
+    Next-token error has a floor set by the text's own unpredictability, so a large training error
+    is expected; only one above LM_BASELINE_FRACTION of the baseline (the model has learned
+    little beyond token frequencies) counts as large. Without a baseline bias is not judged.
+    """
+    if baseline is None:
+        return Gap(train, None, None)
+    limit = LM_BASELINE_FRACTION * baseline
+    return Gap(train, limit, limit)
+
+
 def _title(key: str, is_large: bool, errors: dict, fmt) -> str:
     train, valid, test, base = (errors[k] for k in ("train", "valid", "test", "baseline"))
     if key == "bias":
@@ -259,11 +277,19 @@ def _title(key: str, is_large: bool, errors: dict, fmt) -> str:
     return f"{head}: test error {fmt(test)} against validation {fmt(valid)}"
 
 
-def _describe(key: str, gap: Gap, fmt, is_large: bool, is_mild: bool) -> str:
+def _describe(key: str, gap: Gap, fmt, is_large: bool, is_mild: bool, language_model: bool = False) -> str:
     if gap.value is None:
         return ""
     if gap.large is None:
-        return "Bias is not judged without a baseline error (pass the MSE of predicting the mean)."
+        reference = "the error of predicting the most frequent token" if language_model else "the MSE of predicting the mean"
+        return f"Bias is not judged without a baseline error (pass {reference})."
+    if key == "bias" and language_model:
+        judged = (f"The training error ({fmt(gap.value)}) is read against {LM_BASELINE_FRACTION:.0%} of the "
+                  f"baseline ({fmt(gap.large)}), not against zero: part of a language model's next-token error "
+                  "is the text's own unpredictability.")
+        if is_large:
+            return judged + " The model has learned little beyond the tokens' frequencies."
+        return judged
     what = {"bias": f"The training error ({fmt(gap.value)})",
             "variance": f"The validation-training gap ({_signed(gap.value, fmt)})",
             "valid_overfit": f"The test-validation gap ({_signed(gap.value, fmt)})"}[key]
