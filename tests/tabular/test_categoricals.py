@@ -259,3 +259,16 @@ def test_a_spelling_is_compared_with_the_frequent_spellings_even_among_many_rare
 def test_spellings_equal_but_for_spaces_merge():
     codes = CategoryEncoder().fit_transform(["Route 1"] * 5 + ["Rout e1", "Route1", "R oute 1"])
     assert len(set(codes.tolist())) == 1
+
+
+@pytest.mark.parametrize("frequent", ["kingsbridg", "kingsbrige"])
+def test_a_new_value_equally_close_to_two_spellings_goes_to_the_more_frequent_as_in_fit(frequent):
+    rare = "kingsbrige" if frequent == "kingsbridg" else "kingsbridg"
+    train = [frequent] * 5 + [rare]  # 0.80 similar to each other: two categories at threshold 0.85
+    encoder = CategoryEncoder(threshold=0.85).fit(train)
+    assert similarity("kingsbridge", "kingsbridg") == similarity("kingsbridge", "kingsbrige") > 0.85
+    codes = encoder.transform(["kingsbridge", frequent, rare])
+    assert codes[0] == codes[1] != codes[2]
+    # fit breaks the same tie the same way
+    refit = CategoryEncoder(threshold=0.85).fit(train + ["kingsbridge"])
+    assert refit.transform(["kingsbridge"])[0] == refit.transform([frequent])[0]

@@ -562,11 +562,7 @@ class CategoryEncoder:
             if same != i:  # equal but for spaces: n-grams across the spaces may hide it
                 state.target[key], state.score[key], state.reason[key] = order[same], 1.0, "similar"
                 continue
-            best, best_score = None, self.threshold
-            for j, _ in found[i]:
-                score = similarity(key, order[j])
-                if score >= best_score and (best is None or score > best_score or j < best):
-                    best, best_score = j, score
+            best, best_score = _best_match(key, found[i], order, self.threshold)
             if best is not None:
                 state.target[key], state.score[key], state.reason[key] = order[best], best_score, "similar"
         self._assign_ids(state)
@@ -645,11 +641,7 @@ class CategoryEncoder:
             if _compact(key) in state._compact:
                 codes.append(self._known_code(state, index.values[state._compact[_compact(key)]]))
                 continue
-            best, best_score = None, self.threshold
-            for j, _ in found:
-                score = similarity(key, index.values[j])
-                if score > best_score or (score == best_score and best is None):
-                    best, best_score = j, score
+            best, _ = _best_match(key, found, index.values, self.threshold)
             codes.append(UNKNOWN if best is None else self._known_code(state, index.values[best]))
         return codes
 
@@ -661,6 +653,18 @@ def _pandas():
         raise ImportError('the merge table is a pandas DataFrame: pip install "dltips[tabular]" '
                           "(or use encoder.merge_records() for plain records)") from error
     return pandas
+
+
+def _best_match(key: str, candidates: Iterable[tuple[int, Any]], values: Sequence[str],
+                threshold: float) -> tuple[int | None, float]:
+    """The candidate most similar to `key` at or above `threshold`, and its score; ties go to the
+    lowest position, the most frequent spelling (values are sorted by count), in fit and transform alike."""
+    best, best_score = None, threshold
+    for j, _ in candidates:
+        score = similarity(key, values[j])
+        if score >= best_score and (best is None or score > best_score or j < best):
+            best, best_score = j, score
+    return best, best_score
 
 
 def _as_columns(X: Any) -> tuple[dict, bool]:
