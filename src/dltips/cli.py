@@ -1,15 +1,26 @@
-"""The `dltips` command line."""
+"""The `dltips` command line.
+
+Under torchrun (`torchrun --nproc_per_node=N -m dltips demo NAME`) the demo
+trains one run spread over the N processes: the command joins torchrun's
+process group for its whole length, `fit` shards the data and all-reduces the
+metrics, and only rank 0 prints and writes files. The doctor and the scaling
+study (`demo charlm --sizes`) run in one process by design; under torchrun they
+refuse with a one-line error (printed by rank 0) and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import math
+import os
 import sys
 import textwrap
 import traceback
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Iterator, Sequence, TextIO
 
 from dltips.catalog import THEME_TITLES, THEMES, TIPS, Tip, tips_by_theme
 
@@ -32,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     tips.add_argument("--theme", choices=THEMES, help="only the tips of this theme")
     tips.set_defaults(command="tips", run=_run_tips)
 
-    doctor = commands.add_parser("doctor", help="diagnose a Task: a verdict per tip, with the numbers and the fix")
+    doctor = commands.add_parser("doctor", help="diagnose a Task: a verdict per tip, with the numbers and the fix",
+                                 description="Diagnose a Task: a verdict per tip, with the numbers and the fix. The doctor"
+                                             " runs in one process (its checks train small copies of the model side by"
+                                             " side); under torchrun it refuses with exit status 2.")
     doctor.add_argument("target", nargs="?", help="path/to/file.py:function or package.module:function returning a Task")
     doctor.add_argument("--demo", choices=sorted(DEMOS), help="diagnose a bundled demo task instead")
     doctor.add_argument("--json", metavar="PATH", help="write the report as JSON")
@@ -45,15 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--debug", action="store_true", help="show tracebacks")
     doctor.set_defaults(command="doctor", run=_run_doctor)
 
-    demo = commands.add_parser("demo", help="train a demo task with the recommended recipe")
+    demo = commands.add_parser("demo", help="train a demo task with the recommended recipe",
+                               description="Train a demo task with the recommended recipe, watched by the monitors,"
+                                           " and print a summary line and the monitors' findings. Works under"
+                                           " torchrun (torchrun --nproc_per_node=N -m dltips demo NAME): one run over"
+                                           " N processes, rank 0 alone printing and writing.")
     demo.add_argument("name", choices=sorted(DEMOS))
-    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument("--epochs", type=_positive_int, default=8, help="training epochs (default 8)")
     demo.add_argument("--sizes", type=_name_list, metavar="SIZE,...",
                       help="charlm only: train these model sizes (e.g. tiny,small,medium) for --steps steps each and "
-                           "report the validation loss and the probes per size (emergent-scaling, logloss-downstream)")
+                           "report the validation loss and the probes per size (emergent-scaling, logloss-downstream); "
+                           "one process: not under torchrun")
     demo.add_argument("--steps", type=int, default=300, help="training steps per size with --sizes (default 300)")
-    demo.add_argument("--json", metavar="PATH", help="with --sizes: write the report as JSON")
-    demo.add_argument("--html", metavar="PATH", help="with --sizes: write the report, with the plots, as HTML")
+    demo.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    demo.add_argument("--html", metavar="PATH", help="write the report, with the plots, as HTML")
     demo.set_defaults(command="demo", run=_run_demo)
 
     budget = commands.add_parser("budget", help="complete a training budget (C = 6·N·D) and show trade-offs at the same compute",
@@ -82,6 +101,16 @@ def _name_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give at least one name, e.g. tiny,small,medium")
     return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def _tip_list(text: str) -> list[str]:
@@ -136,10 +165,50 @@ def _task_from_args(args: argparse.Namespace):
     return load_target(args.target if args.target is not None else DEMOS[args.demo])
 
 
+def _torchrun_world_size() -> int:
+    """How many processes torchrun started (its WORLD_SIZE), 1 outside torchrun: the test `fit` uses to join a group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _refuse_under_torchrun(what: str, command: str) -> int | None:
+    """Exit status 2 when started by torchrun with several processes (rank 0 says why), else None.
+
+    `what` runs in one process by design: its ranks would each train their own
+    copies and race to write the same files, or wait on collectives the others never join.
+    """
+    if _torchrun_world_size() <= 1:
+        return None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"dltips: {what} runs in one process; run `{command}` without torchrun", file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def _process_group() -> Iterator[tuple[int, int]]:
+    """(rank, world size): torchrun's process group, joined for the whole command and left at its end.
+
+    Outside torchrun this is (0, 1) and nothing is joined. Holding the group here,
+    not inside `fit`, keeps it open for the report built after training.
+    """
+    import torch.distributed as dist
+
+    from dltips.training.fit import init_distributed
+
+    rank, world_size, owns_group = init_distributed()
+    try:
+        yield rank, world_size
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
 def _run_doctor(args: argparse.Namespace) -> int:
     from dltips.diagnosis.recipe import doctor
     from dltips.task import TaskError
 
+    refused = _refuse_under_torchrun("the doctor", "dltips doctor ...")
+    if refused is not None:
+        return refused
     try:
         task = _task_from_args(args)
     except (TargetError, TaskError) as e:
@@ -158,16 +227,63 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    """Train a demo with the recipe, watched; under torchrun one run over all ranks, rank 0 printing and writing.
+
+    The JSON report adds a "training" section to the findings: epochs, optimizer
+    steps (per rank: each step is one global batch of world_size x batch_size
+    items), world_size, duration and the per-epoch history of `fit`.
+    """
+    from dltips.findings import Report, jsonable
+    from dltips.monitor.metrics import MetricTracker
+    from dltips.monitor.watch import Watch
     from dltips.training.fit import Recipe, fit
 
     if args.sizes is not None:
         return _run_scaling(args)
-    task = load_target(DEMOS[args.name])
-    result = fit(task, epochs=args.epochs, recipe=Recipe())
+    with _process_group() as (rank, world_size):
+        task = load_target(DEMOS[args.name])
+        monitor = Watch(every=_watch_every(len(task.train), task.batch_size, args.epochs, world_size))
+        tracker = MetricTracker()
+        result = fit(task, epochs=args.epochs, recipe=Recipe(), callbacks=[monitor, tracker])
+        findings = monitor.findings() + tracker.findings()
+    if rank != 0:
+        return 0
     last = result.history[-1]
     print(f"{args.name}: {result.steps} steps in {result.duration_s:.1f}s; "
           + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("valid")))
+    training = f"{_plural(args.epochs, 'epoch')}, {_plural(result.steps, 'step')}, {_plural(world_size, 'process')}"
+    summary = {**task.summary(), "training": training}
+    report = Report(task=summary, findings=findings, duration_s=result.duration_s)
+    report.print()
+    if args.json:
+        training = {"epochs": args.epochs, "steps": result.steps, "world_size": world_size,
+                    "duration_s": round(result.duration_s, 3), "history": result.history}
+        _write_json({**report.to_dict(), "training": jsonable(training)}, args.json)
+    if args.html:
+        report.to_html(args.html)
     return 0
+
+
+def _plural(n: int, noun: str) -> str:
+    """`n noun`, with the noun's plural (+s, or +es after s) unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
+def _write_json(data: dict, path: str) -> None:
+    """Write `data` (plain JSON data, no NaN) atomically, as `Report.to_json` does."""
+    import json
+
+    from dltips.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _watch_every(n_train: int, batch_size: int, epochs: int, world_size: int) -> int:
+    """The watch's sampling interval: about as many sampled steps as the doctor's short run (each rank sees 1/world_size)."""
+    from dltips.diagnosis.recipe import MONITOR_SAMPLES
+
+    steps = epochs * max(math.ceil(n_train / world_size) // batch_size, 1)
+    return max(1, steps // MONITOR_SAMPLES)
 
 
 def _run_scaling(args: argparse.Namespace) -> int:
@@ -180,6 +296,9 @@ def _run_scaling(args: argparse.Namespace) -> int:
 
     if args.name != "charlm":
         return _fail(f"--sizes is for the charlm demo only, not {args.name!r}", False)
+    refused = _refuse_under_torchrun("the scaling study (--sizes)", "dltips demo charlm --sizes ...")
+    if refused is not None:
+        return refused
     unknown = [size for size in args.sizes if size not in SIZES]
     if unknown or args.steps < 1:
         return _fail(f"unknown sizes {unknown}; choose from {', '.join(SIZES)}" if unknown

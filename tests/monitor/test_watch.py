@@ -379,3 +379,41 @@ def test_statistics_of_other_precisions_accumulate_in_float32_or_better(dtype):
     assert sample.activation("0", "mean") == pytest.approx(hidden.mean().item(), rel=rel)
     assert sample.activation("0", "var") == pytest.approx(hidden.var(unbiased=False).item(), rel=rel)
     assert sample.activation("0", "max") == pytest.approx(hidden.max().item(), rel=1e-6)  # rows are float32
+
+
+@pytest.mark.parametrize("as_keyword", [False, True])
+def test_a_step_with_a_closure_measures_the_gradients_the_closure_computes(as_keyword):
+    """optimizer.step(closure) (Lightning, LBFGS) runs backward inside step, after the pre-step hooks."""
+    x, y = batch()
+
+    def run(use_closure):
+        model = small_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        expected = []
+        with watch(model, optimizer, every=2) as w:
+            for step in range(6):
+                def closure(step=step):
+                    optimizer.zero_grad()
+                    loss = F.cross_entropy(model(x), y)
+                    loss.backward()
+                    if step % 2 == 0:
+                        expected.append(float(model[0].weight.grad.norm()))
+                    return loss
+
+                if not use_closure:
+                    closure()
+                    optimizer.step()
+                elif as_keyword:
+                    optimizer.step(closure=closure)
+                else:
+                    optimizer.step(closure)
+        return w, expected
+
+    plain, expected = run(False)
+    closed, expected_closed = run(True)
+    assert expected == pytest.approx(expected_closed)
+    assert [s.step for s in closed.samples] == [0, 2, 4] and not closed.no_gradient
+    for sample, norm in zip(closed.samples, expected_closed):
+        assert sample.gradient("0.weight", "norm") == pytest.approx(norm, rel=1e-5)
+    for a, b in zip(plain.samples, closed.samples):
+        assert a.updates == pytest.approx(b.updates)

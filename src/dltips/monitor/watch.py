@@ -251,17 +251,43 @@ class Watch(Callback):
         elif isinstance(layer, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
             self._units_last = False
 
-    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
+        """Copy the weights (a subsample) and measure the gradients, once they exist.
+
+        `optimizer.step(closure)` (Lightning, LBFGS) runs the forward and backward
+        inside `step`, after this hook: the closure is then wrapped so that the
+        gradients are measured right after its first call, not the stale ones now.
+        """
         if not self._armed:
-            return
+            return None
         with torch.no_grad():
-            for p in self._params:
-                if p.grad is None:
-                    self.no_gradient.add(self._names[p])
-                elif not p.grad.is_sparse:
-                    self._grads[self._names[p]] = stats.gradient_row(p.grad, self.bins, self.max_values)
             # norm(update) is measured on a strided subsample of each large tensor: no full copy of the weights
             self._before = [stats.subsample(p.detach(), self.max_values).clone() for p in self._params]
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if not callable(closure):
+            self._measure_gradients()
+            return None
+        measured = False
+
+        def closure_then_measure() -> Any:
+            nonlocal measured
+            loss = closure()
+            if not measured:
+                measured = True
+                self._measure_gradients()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_measure}
+        return (args[0], closure_then_measure, *args[2:]), kwargs
+
+    @torch.no_grad()
+    def _measure_gradients(self) -> None:
+        for p in self._params:
+            if p.grad is None:
+                self.no_gradient.add(self._names[p])
+            elif not p.grad.is_sparse:
+                self._grads[self._names[p]] = stats.gradient_row(p.grad, self.bins, self.max_values)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.optimizer_steps += 1
@@ -287,12 +313,14 @@ class Watch(Callback):
 
     # ------------------------------------------------------------------ logging
 
-    def log(self, **scalars: Any) -> None:
+    def log(self, step: int | None = None, **scalars: Any) -> None:
         """Record scalars of the current step (e.g. `loss=loss`); tensors stay on the device.
 
         The mean since the previous sampled step goes to the sinks with the next
         sample. A logged `loss` is also checked for NaN and infinity, in one
-        device operation per sample, so the first bad step is known exactly.
+        device operation per sample, so the first bad step is known exactly: the
+        step of the last training forward of the watched model, or `step` when
+        given (a loop whose training code does not call the model itself).
         """
         for name, value in scalars.items():
             if isinstance(value, torch.Tensor):
@@ -306,7 +334,7 @@ class Watch(Callback):
             values = self._logged.setdefault(name, [])
             values.append(value)
             if name == "loss":
-                self._loss_steps.append(self._forward_step)
+                self._loss_steps.append(self._forward_step if step is None else int(step))
             if len(values) >= MAX_LOGGED:
                 self._fold(name)
 

@@ -163,7 +163,7 @@ def fit(
     recipe = recipe if recipe is not None else Recipe()
     _check_fit_args(epochs, recipe, checkpoint_every, max_steps, sync_every)
     task.validate()
-    rank, world_size, owns_group = _init_distributed()
+    rank, world_size, owns_group = init_distributed()
     device = choose_device(device, rank)
     if seed is not None:
         _seed_everything(seed + rank)
@@ -354,7 +354,7 @@ def _make_mixup(task: Task, alpha: float | None) -> Mixup | None:
     return Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None, ids=ids)
 
 
-def _init_distributed() -> tuple[int, int, bool]:
+def init_distributed() -> tuple[int, int, bool]:
     """Join the process group that torchrun describes; returns (rank, world size, created here)."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")

@@ -1,0 +1,48 @@
+"""The scripts in examples/ run as a user would run them, and say what they promise."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_plain_loop_trains_and_the_watch_finds_nothing_wrong(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "plain_loop.py")], capture_output=True, text=True,
+                          timeout=120, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first, last, accuracy = map(float, re.search(r"train loss (\S+) -> (\S+); valid accuracy (\S+)", proc.stdout).groups())
+    assert last < 0.5 * first  # mixed labels keep the training loss well above 0: a halving is the honest bar
+    assert accuracy > 0.9
+    findings = proc.stdout.split("watch findings:\n")[1].splitlines()
+    assert [line.split()[0] for line in findings] == ["PASS", "PASS"]
+    assert {"activation-gradient-stats:", "update-ratio:"} == {line.split()[1] for line in findings}
+    assert os.listdir(tmp_path) == []  # the example writes no files
+
+
+@pytest.mark.slow
+def test_torchrun_fit_runs_on_two_processes_and_rank_0_alone_prints(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(EXAMPLES / "torchrun_fit.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("process(es):") == 1  # one summary line: rank 0's
+    assert proc.stdout.startswith("2 process(es): 92 optimizer steps")  # 1,497 rows / 2 ranks / 32 per batch x 4 epochs
+    assert proc.stdout.count("activation-gradient-stats") == 1
+    assert "WARN" not in proc.stdout and "FAIL" not in proc.stdout
+    assert proc.stderr.count("epoch 4/4") == 1  # fit's progress: rank 0 only
+
+
+@pytest.mark.slow
+def test_torchrun_fit_runs_as_one_process_under_plain_python(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "torchrun_fit.py")], capture_output=True, text=True,
+                          timeout=120, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("1 process(es): 184 optimizer steps")  # twice the steps of each of 2 ranks
+    assert "WARN" not in proc.stdout and "FAIL" not in proc.stdout
