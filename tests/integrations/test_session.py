@@ -203,3 +203,13 @@ def test_validation_metrics_are_tracked_under_dltips_names_and_unknown_ones_only
     assert record.metrics == {"valid_loss": 0.5, "valid_accuracy": pytest.approx(0.8)}
     assert session.watch.evaluations == [(10, {"val_loss": 0.5, "val_acc": pytest.approx(0.8), "val_bleu": 3.0, "epoch": 1.0})]
     session.finish()
+
+
+def test_an_objective_never_logged_is_a_skip_at_the_end_not_a_crash():
+    x, y = blobs()
+    session = Session(every=5, objective="valid_macro_f1", print_report=False)
+    train(session, mlp(), x, y, steps=45)  # three evaluations of valid_loss and valid_accuracy only
+    report = session.finish()
+    (skip,) = [f for f in report.findings if f.tip == "metric-divergence"]
+    assert skip.status == "skip" and "valid_macro_f1" in skip.message
+    assert {f.tip for f in report.findings} >= {"activation-gradient-stats", "update-ratio"}

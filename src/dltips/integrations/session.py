@@ -204,7 +204,11 @@ class Session:
             if self.watch.attached:
                 self.watch.detach()
         if len(self.tracker.records) >= MIN_EVALUATIONS:
-            findings += self.tracker.findings()
+            try:
+                findings += self.tracker.findings()
+            except ValueError as error:  # e.g. a declared objective that was never logged: say so, keep the report
+                findings.append(Finding("metric-divergence", "skip", "The validation metrics could not be read",
+                                        str(error), "Log the objective metric at each validation, or declare another."))
         model = self._model
         summary = {"name": self.name, "kind": self.kind, "n_classes": self.n_classes,
                    "n_params": sum(p.numel() for p in model.parameters()) if model is not None else 0,
