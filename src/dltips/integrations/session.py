@@ -32,6 +32,7 @@ from dltips.findings import Finding, Report
 from dltips.monitor.metrics import MIN_EVALUATIONS, MetricTracker, higher_is_better
 from dltips.monitor.watch import DEFAULT_EVERY, Watch
 from dltips.task import KINDS, Task, to_device
+from dltips.training.overfit import resolve_device
 
 Forward = Callable[[nn.Module, Any], torch.Tensor]  # (model, inputs) -> outputs (logits, or predictions)
 
@@ -145,7 +146,7 @@ class Session:
         from dltips.data.inputs import check_inputs
         from dltips.training.init import check_initial_loss
 
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = resolve_device(model, None)
         try:  # the checks leave the run's random draws and every module's mode as they were
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
                     torch.no_grad(), modes_kept(model):
@@ -331,8 +332,7 @@ def batch_task(model: nn.Module, x: Any, y: torch.Tensor, forward: Forward = cal
     if kind is None or (n_classes is None and kind in ("classification", "language-model")):
         model.eval()
         first = {k: v[:2] for k, v in x.items()} if isinstance(x, Mapping) else x[:2]
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        output = forward(model, to_device(first, device))
+        output = forward(model, to_device(first, resolve_device(model, None)))
         kind, n_classes = infer_kind(output, y[:2], kind, n_classes)
     data = _Batch(x, y)
     return Task(_Lent(model, forward), data, data, kind=kind, n_classes=n_classes, batch_size=len(y), name="first-batch")
