@@ -44,7 +44,7 @@ def test_findings_reject_unknown_tips_statuses_and_evidence():
 def test_atomic_writes_get_the_usual_permissions(tmp_path):
     import os
 
-    from dltips.io import atomic_write_text
+    from dltips.core.io import atomic_write_text
 
     old = os.umask(0o022)
     try:

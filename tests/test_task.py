@@ -6,6 +6,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from dltips import Task, TaskError
 from dltips.task import DEFAULT_LOSSES, count_items
+from dltips.training.lr import make_optimizer
 
 
 def data(n=20, features=4, classes=3, seed=0):
@@ -121,8 +122,8 @@ def test_default_optimizer_is_adamw_at_the_default_lr():
     from dltips import default_lr
 
     task = Task(nn.Linear(4, 3), data(), data(8))
-    opt = task.make_optimizer(task.model)
+    opt = make_optimizer(task, task.model)
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.param_groups[0]["lr"] == default_lr(task.model)
     sgd = Task(nn.Linear(4, 3), data(), data(8), optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
-    assert isinstance(sgd.make_optimizer(sgd.model), torch.optim.SGD)
+    assert isinstance(make_optimizer(sgd, sgd.model), torch.optim.SGD)

@@ -71,8 +71,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from dltips.catalog import TIPS, Tip, get_tip, tips_by_theme
-    from dltips.diagnosis.recipe import Doctor, doctor
-    from dltips.predict import Predictions, predict
     from dltips.data.augment import AffineAugment, Lighting, presize
     from dltips.data.inputs import check_inputs
     from dltips.data.invariance import check_label_preserving, describe_invariances
@@ -80,19 +78,28 @@ if TYPE_CHECKING:
     from dltips.data.resolution import check_image_resolution
     from dltips.data.shift import check_val_test_match
     from dltips.data.worst import check_worst_predictions
+    from dltips.diagnosis.recipe import Doctor, doctor
     from dltips.findings import Finding, Report
-    from dltips.nlp.emergent import Probe, ScalingPoint, char_probes, check_emergent_scaling, measure_point, scaling_study
-    from dltips.nlp.scaling import Budget, FlopCount, compute_budget, flops_per_token, mfu, parse_count
-    from dltips.nlp.unseen import UnseenMass, check_unseen_tokens, measure_unseen_mass, token_counts
-    from dltips.nlp.tying import (TyingCandidate, check_weight_tying, count_parameters, find_tied, find_untied,
-                                  tie_weights, untie_weights)
-    from dltips.tabular.categoricals import CategoryEncoder, check_categoricals
-    from dltips.tabular.embeddings import check_embedding_sizes, emb_size, emb_sizes
-    from dltips.tabular.model import TabularData, TabularDataset, TabularModel
     from dltips.monitor.gaps import check_error_gaps, measure_error_gaps
     from dltips.monitor.metrics import MetricTracker
     from dltips.monitor.sinks import JsonlSink, MemorySink, TensorBoardSink, read_jsonl
     from dltips.monitor.watch import Watch, watch
+    from dltips.nlp.emergent import Probe, ScalingPoint, char_probes, check_emergent_scaling, measure_point, scaling_study
+    from dltips.nlp.scaling import Budget, FlopCount, compute_budget, flops_per_token, mfu, parse_count
+    from dltips.nlp.tying import (
+        TyingCandidate,
+        check_weight_tying,
+        count_parameters,
+        find_tied,
+        find_untied,
+        tie_weights,
+        untie_weights,
+    )
+    from dltips.nlp.unseen import UnseenMass, check_unseen_tokens, measure_unseen_mass, token_counts
+    from dltips.predict import Predictions, predict
+    from dltips.tabular.categoricals import CategoryEncoder, check_categoricals
+    from dltips.tabular.embeddings import check_embedding_sizes, emb_size, emb_sizes
+    from dltips.tabular.model import TabularData, TabularDataset, TabularModel
     from dltips.task import Task, TaskError
     from dltips.training.accumulate import GradientAccumulator
     from dltips.training.callbacks import Callback, ProgressBar, TimeLimit

@@ -273,7 +273,7 @@ def _write_json(data: dict, path: str) -> None:
     """Write `data` (plain JSON data, no NaN) atomically, as `Report.to_json` does."""
     import json
 
-    from dltips.io import atomic_write_text
+    from dltips.core.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dltips.io import atomic_write_text
+from dltips.core.io import atomic_write_text
 
 STATUSES = ("pass", "warn", "fail", "info", "skip")
 

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from dltips.task import IGNORE_INDEX, Task, to_device
+from dltips.core.device import resolve_device, to_device
+from dltips.core.state import eval_mode
+from dltips.task import IGNORE_INDEX, Task
 
 
 @dataclass
@@ -39,18 +41,14 @@ def predict(
     device: torch.device | str | None = None,
 ) -> Predictions:
     """Outputs and per-item losses of `model` on `data` (or on the items at `indices`)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device, model)
     positions = list(range(len(data))) if indices is None else [int(i) for i in indices]
     loader = DataLoader(Subset(data, positions), batch_size=task.batch_size)
-    was_training = model.training
-    model.eval()
     outputs, targets = [], []
-    try:
+    with eval_mode(model):
         for x, y in loader:
             outputs.append(model(to_device(x, device)).float().cpu())
             targets.append(y)
-    finally:
-        model.train(was_training)
     output, target = torch.cat(outputs), torch.cat(targets)
     return Predictions(torch.tensor(positions), output, target, item_losses(task.loss_fn, output, target))
 

@@ -7,7 +7,6 @@ shape instead of as a deep traceback in the middle of training.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
+
+from dltips.core.device import model_device, to_device
+from dltips.core.state import eval_mode
 
 KINDS = ("classification", "binary", "multilabel", "regression", "language-model")
 IGNORE_INDEX = -100  # targets equal to this are not counted (torch's cross_entropy default)
@@ -89,14 +91,6 @@ class Task:
         """The Task's loss, or the default for its kind (a mean over items)."""
         return self.loss if self.loss is not None else DEFAULT_LOSSES[self.kind]
 
-    def make_optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
-        """The Task's optimizer for `model`, or AdamW at `lr` (default: `default_lr(model)`)."""
-        if self.optimizer is not None:
-            return self.optimizer(model.parameters())
-        from dltips.training.lr import default_lr
-
-        return torch.optim.AdamW(model.parameters(), lr=lr if lr is not None else default_lr(model))
-
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -139,29 +133,6 @@ DEFAULT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
     "regression": regression_loss,
     "language-model": language_model_loss,
 }
-
-
-def choose_device(device: str | torch.device = "auto", rank: int = 0) -> torch.device:
-    """`device`, where "auto" means this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else CPU."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
-    return device
-
-
-def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
-    """Move a batch input (a tensor, or a dict, list or tuple of them) to `device`."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=non_blocking)
-    if isinstance(x, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, device, non_blocking) for v in x)
-    return x
 
 
 def count_items(kind: str, target: torch.Tensor) -> int | torch.Tensor:
@@ -233,19 +204,14 @@ def _first_batch(data: Dataset) -> tuple[Any, torch.Tensor]:
 
 
 def _run_model(model: nn.Module, x: Any) -> Any:
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = to_device(x, device)
-    was_training = model.training
-    model.eval()  # no BatchNorm statistics updated, no dropout randomness drawn
+    x = to_device(x, model_device(model))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):  # no BatchNorm statistics updated, no dropout randomness drawn
             return model(x)
     except Exception as e:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else {k: tuple(v.shape) for k, v in x.items()}
         raise TaskError("model", f"an error on a training batch of shape {shape}: {e}",
                         "a model that accepts the training inputs") from e
-    finally:
-        model.train(was_training)
 
 
 def _infer_n_classes(kind: str, output: Any) -> int | None:

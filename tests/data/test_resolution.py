@@ -1,11 +1,11 @@
 import pytest
 import torch
+from flat_model import Flat
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from dltips.data.resolution import SMALL_SIDE, check_image_resolution, image_shape
 from dltips.task import Task
-from flat_model import Flat
 
 
 def image_task(*shape, dtype=torch.float32, n=12):

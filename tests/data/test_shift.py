@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from flat_model import Flat
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -18,7 +19,6 @@ from dltips.data.shift import (
 )
 from dltips.findings import Report
 from dltips.task import Task
-from flat_model import Flat
 
 
 def gaussian(n, d=10, n_classes=3, seed=0):

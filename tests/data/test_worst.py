@@ -10,7 +10,6 @@ from dltips.data.worst import check_worst_predictions
 from dltips.findings import Report
 from dltips.task import IGNORE_INDEX, Task
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

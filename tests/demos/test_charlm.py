@@ -1,15 +1,29 @@
 """The charlm demo: the stdlib corpus, the vocabulary, the split, the GPT model and its checks."""
 
+import __future__
+
 import inspect
 import math
 
-import __future__
 import pytest
 import torch
 
 import dltips
-from dltips.demos.charlm import (EXCLUDED_DIRS, SIZES, UNKNOWN, CharGPT, CharVocab, _corpus, charlm_data, charlm_task,
-                                 file_prose, load_corpus, stdlib_files, unigram_entropy, windows)
+from dltips.demos.charlm import (
+    EXCLUDED_DIRS,
+    SIZES,
+    UNKNOWN,
+    CharGPT,
+    CharVocab,
+    _corpus,
+    charlm_data,
+    charlm_task,
+    file_prose,
+    load_corpus,
+    stdlib_files,
+    unigram_entropy,
+    windows,
+)
 from dltips.nlp.tying import count_parameters
 
 SMALL = 20_000  # characters: enough for the split tests, quick to build

@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 L = pytest.importorskip("lightning.pytorch")
 
-from dltips.integrations.session import validation_metrics, validation_name  # noqa: E402
 from dltips.integrations.lightning import (  # noqa: E402
     DltipsCallback,
     LightningLoggerSink,
     split_batch_default,
 )
+from dltips.integrations.session import validation_metrics, validation_name  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

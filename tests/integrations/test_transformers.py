@@ -21,8 +21,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from dltips.integrations import transformers as adapter  # noqa: E402
-from dltips.integrations.transformers import DltipsCallback  # noqa: E402
 from dltips.integrations.session import plain_optimizer, validation_metrics  # noqa: E402
+from dltips.integrations.transformers import DltipsCallback  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,8 @@ from dltips import CategoryEncoder, TabularModel, check_embedding_sizes, emb_siz
 from dltips.data.toys import CATEGORIES
 from dltips.demos.digits import digits_task
 from dltips.demos.tabular import tabular_data, tabular_task
-from dltips.tabular.categoricals import check_task_categoricals, tabular_data as data_of
+from dltips.tabular.categoricals import check_task_categoricals
+from dltips.tabular.categoricals import tabular_data as data_of
 
 
 def test_demo_task_is_a_regression_on_encoded_streets():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import Bigram, blobs, make_task, mlp
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from dltips import Task
 from dltips.predict import evenly_spaced
 from dltips.training.init import check_initial_loss, expected_initial_loss
-from synthetic import Bigram, blobs, make_task, mlp
 
 # ---------------------------------------------------------------- small tasks (PyTorch default initialisation)
 

@@ -9,14 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltips.training.lr import (
-    LRFinderResult,
-    default_lr,
-    get_rng_state,
-    lr_find,
-    scale_lr,
-    set_rng_state,
-)
+from dltips.core.state import get_rng_state, set_rng_state
+from dltips.training.lr import LRFinderResult, default_lr, lr_find, scale_lr
 
 # ---------------------------------------------------------------- default_lr
 

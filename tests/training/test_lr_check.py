@@ -12,9 +12,8 @@ from torch.utils.data import TensorDataset
 from dltips.findings import Report
 from dltips.task import Task
 from dltips.training import lr_check
-from dltips.training.lr import LRFinderResult, default_lr
+from dltips.training.lr import LRFinderResult, default_lr, make_optimizer
 from dltips.training.lr_check import check_lr
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,7 +104,7 @@ def test_evidence_reports_the_task_lr_default_and_curve():
     task = make_task("wine")
     (f,) = check_lr(task, num_steps=60)
     e = f.evidence
-    assert e["task_lr"] == task.make_optimizer(task.model).param_groups[0]["lr"] == default_lr(task.model)
+    assert e["task_lr"] == make_optimizer(task, task.model).param_groups[0]["lr"] == default_lr(task.model)
     assert e["default_lr"] == default_lr(task.model) and e["optimizer_family"] == "adamw"
     assert e["suggestion"] == pytest.approx(e["min_loss_lr"] / 10)
     lrs = e["curve"]["lr"]

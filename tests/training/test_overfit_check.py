@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import Bigram, blobs, make_task, mlp, spirals
 from torch import nn
 
 from dltips.predict import LM_BASELINE_FRACTION
@@ -20,7 +21,6 @@ from dltips.training.overfit import (
     check_overfit_tiny,
     overfit_ladder,
 )
-from synthetic import Bigram, blobs, make_task, mlp, spirals
 
 # ---------------------------------------------------------------- small tasks (PyTorch default initialisation)
 

@@ -51,8 +51,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from dltips.core.device import model_device, to_device
 from dltips.findings import Finding
-from dltips.task import Task, to_device
+from dltips.task import Task
 
 TIP = "verify-transforms"
 UNNORMALISED_STD = 10.0
@@ -109,7 +110,7 @@ def _augment_preview(task: Task, seed: int) -> dict:
     items = [task.train[i][0] for i in range(min(PREVIEWED, len(task.train)))]
     if any(not isinstance(x, torch.Tensor) for x in items):
         return {"kind": "images", "title": "Augmentation preview (inputs are not tensors)", "images": []}
-    device = next((p.device for p in task.model.parameters()), torch.device("cpu"))
+    device = model_device(task.model)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():  # the preview's draws leave no trace
         torch.manual_seed(seed)
@@ -121,7 +122,7 @@ def _augment_preview(task: Task, seed: int) -> dict:
 
 def _training_inputs(task: Task, n_items: int, seed: int):
     """Inputs of shuffled training batches, augmented as in training, until `n_items` are seen."""
-    device = next((p.device for p in task.model.parameters()), torch.device("cpu"))
+    device = model_device(task.model)
     loader = DataLoader(task.train, batch_size=min(task.batch_size, n_items), shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     seen = 0

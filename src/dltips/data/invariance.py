@@ -70,11 +70,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from dltips.core.device import resolve_device, to_device
 from dltips.data.augment import AffineAugment, Lighting
 from dltips.data.worst import display_image, is_image
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced
-from dltips.task import Task, to_device
+from dltips.task import Task
 
 TIP = "label-preserving-augmentation"
 TIP_INVARIANCES = "augmentation-invariances"
@@ -130,7 +131,7 @@ def check_label_preserving(
         return [_skip("The task has no augmentation and no transforms were given: nothing to check.", {})]
     if len(task.valid) == 0:
         return [_skip("The validation set is empty: nothing to check.", {})]
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = resolve_device(device, model)
     positions = evenly_spaced(len(task.valid), max_items)
     findings = []
     for name, transform in transforms.items():
@@ -163,10 +164,6 @@ def _check_args(task: Task, transforms: Any, max_items: Any, seed: Any) -> dict[
             raise TypeError(f"transforms[{name!r}] must be a callable batch -> batch, "
                             f"got {type(transform).__name__}")
     return dict(transforms)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _skip(message: str, evidence: dict) -> Finding:

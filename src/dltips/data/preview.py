@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from dltips.io import atomic_write
+from dltips.core.io import atomic_write
 
 CELL = 96  # pixels per grid cell side
 GAP = 4  # pixels between cells

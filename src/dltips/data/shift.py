@@ -74,6 +74,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from dltips.core.device import model_device
 from dltips.findings import Finding
 from dltips.task import Task
 
@@ -154,7 +155,7 @@ def check_val_test_match(
                         "for a two-sample test.", None, {"n_valid": n_valid, "n_test": n_test,
                                                          "min_items": MIN_ITEMS})]
     if device is None:
-        device = next((p.device for p in task.model.parameters()), torch.device("cpu"))
+        device = model_device(task.model)
     generator = torch.Generator().manual_seed(seed)
     n_each = min(n_valid, n_test, max_items // 2)
     valid_idx = torch.randperm(n_valid, generator=generator)[:n_each].sort().values

@@ -96,7 +96,7 @@ from torch.utils.data import TensorDataset
 
 from dltips.nlp.tying import tie_weights
 from dltips.task import Task
-from dltips.training.init import _entropy
+from dltips.training.init import entropy
 
 __all__ = ["EXCLUDED_DIRS", "SIZES", "CharGPT", "CharVocab", "charlm_data", "charlm_task", "file_prose", "held_out_windows",
            "load_corpus", "stdlib_files", "unigram_entropy", "windows"]
@@ -281,7 +281,7 @@ def charlm_data(seq_len: int = 128, max_chars: int = DEFAULT_MAX_CHARS,
 def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
     """The entropy of the id frequencies, in nats: the loss of the best model that ignores context."""
     counts = torch.bincount(ids.reshape(-1), minlength=vocab_size).double()
-    return _entropy(counts / counts.sum())
+    return entropy(counts / counts.sum())
 
 
 # ---------------------------------------------------------------------- the model

@@ -26,8 +26,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from dltips.catalog import TIPS
+from dltips.core.device import resolve_device, to_device
 from dltips.findings import Finding, Report
-from dltips.task import Task, choose_device, to_device
+from dltips.task import Task
+from dltips.training.lr import make_optimizer
 
 # Shares of the training budget (what is left after the cheap checks); the LR range test
 # (a fixed 100 steps) and the evaluations after the short run use the rest.
@@ -62,7 +64,7 @@ class Doctor:
                 raise ValueError(f"{name}: unknown tip ids {unknown}; valid ids: {', '.join(TIPS)}")
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be positive, got {self.budget_s!r}")
-        self.device = choose_device(self.device)
+        self.device = resolve_device(self.device)
         self._start = time.perf_counter()
 
     def wanted(self, tip: str) -> bool:
@@ -273,7 +275,7 @@ def doctor(
 def _seconds_per_step(task: Task, device: torch.device, repeats: int = 3) -> float:
     """Wall time of one training step at the Task's batch size, measured on a throwaway copy."""
     model = copy.deepcopy(task.model).to(device).train()
-    optimizer = task.make_optimizer(model)
+    optimizer = make_optimizer(task, model)
     x, y = next(iter(DataLoader(task.train, batch_size=task.batch_size, shuffle=False)))
     x, y = to_device(x, device), y.to(device)
     times = []

@@ -23,8 +23,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from dltips.catalog import THEME_TITLES, THEMES, TIPS
+from dltips.core.io import atomic_write_text
 from dltips.findings import STATUSES, Finding, Report
-from dltips.io import atomic_write_text
 
 MAX_ITEMS = 8  # list items / dict entries shown inside one evidence value
 MAX_ROWS = 50  # rows shown in a table figure or a plot's data table

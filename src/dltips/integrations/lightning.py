@@ -31,8 +31,15 @@ import torch
 from torch import nn
 
 from dltips.findings import Finding, Report
-from dltips.integrations.session import (Forward, Session, call_model, items_in, plain_optimizer, validation_metrics,
-                                        validation_name)
+from dltips.integrations.session import (
+    Forward,
+    Session,
+    call_model,
+    items_in,
+    plain_optimizer,
+    validation_metrics,
+    validation_name,
+)
 from dltips.monitor.sinks import Sink, resolve_sinks
 from dltips.monitor.watch import DEFAULT_EVERY, Watch
 

@@ -18,9 +18,8 @@ mode is put back afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,11 +27,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from dltips.core.device import model_device, to_device
+from dltips.core.state import modes_kept
 from dltips.findings import Finding, Report
 from dltips.monitor.metrics import MIN_EVALUATIONS, MetricTracker, higher_is_better
 from dltips.monitor.watch import DEFAULT_EVERY, Watch
-from dltips.task import KINDS, Task, to_device
-from dltips.training.overfit import resolve_device
+from dltips.task import KINDS, Task
 
 Forward = Callable[[nn.Module, Any], torch.Tensor]  # (model, inputs) -> outputs (logits, or predictions)
 
@@ -146,7 +146,7 @@ class Session:
         from dltips.data.inputs import check_inputs
         from dltips.training.init import check_initial_loss
 
-        device = resolve_device(model, None)
+        device = model_device(model)
         try:  # the checks leave the run's random draws and every module's mode as they were
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
                     torch.no_grad(), modes_kept(model):
@@ -307,17 +307,6 @@ class _Batch(Dataset):
         return x, self.y[i]
 
 
-@contextlib.contextmanager
-def modes_kept(model: nn.Module) -> Iterator[None]:
-    """Put every module's train/eval mode back as it was, whatever the block does."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def batch_task(model: nn.Module, x: Any, y: torch.Tensor, forward: Forward = call_model,
                kind: str | None = None, n_classes: int | None = None) -> Task:
     """A Task whose training and validation sets are this one batch, the model lent (not copied)."""
@@ -332,7 +321,7 @@ def batch_task(model: nn.Module, x: Any, y: torch.Tensor, forward: Forward = cal
     if kind is None or (n_classes is None and kind in ("classification", "language-model")):
         model.eval()
         first = {k: v[:2] for k, v in x.items()} if isinstance(x, Mapping) else x[:2]
-        output = forward(model, to_device(first, resolve_device(model, None)))
+        output = forward(model, to_device(first, model_device(model)))
         kind, n_classes = infer_kind(output, y[:2], kind, n_classes)
     data = _Batch(x, y)
     return Task(_Lent(model, forward), data, data, kind=kind, n_classes=n_classes, batch_size=len(y), name="first-batch")

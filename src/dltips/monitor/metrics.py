@@ -46,13 +46,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dltips.core.callbacks import Callback, FitState
 from dltips.findings import Finding
 from dltips.task import IGNORE_INDEX, KINDS, count_items
-from dltips.training.callbacks import Callback
 
 if TYPE_CHECKING:
     from dltips.task import Task
-    from dltips.training.fit import FitState
 
 TIP_DIVERGENCE = "metric-divergence"
 TIP_LOGLOSS = "logloss-downstream"

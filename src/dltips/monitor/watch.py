@@ -35,9 +35,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dltips.core.callbacks import Callback
 from dltips.findings import Finding
 from dltips.monitor import stats
-from dltips.training.callbacks import Callback
 
 DEFAULT_EVERY = 25
 DEFAULT_BINS = 32

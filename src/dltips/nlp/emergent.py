@@ -103,6 +103,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dltips.core.state import eval_mode
 from dltips.findings import Finding
 from dltips.monitor.metrics import spearman
 from dltips.nlp.scaling import FLOPS_PER_PARAM_TOKEN, format_count
@@ -380,12 +381,11 @@ def measure_point(model: nn.Module, task: Task, probes: Sequence[Probe], tokens_
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     device = torch.device(device)
-    was_training = model.training
-    model.to(device).eval()
+    model.to(device)
     loss_sum, n_tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     correct = {p.name: 0 for p in probes}
     totals = {p.name: 0 for p in probes}
-    try:
+    with eval_mode(model):
         for i, (x, y) in enumerate(DataLoader(task.valid, batch_size=task.batch_size, shuffle=False)):
             if max_batches is not None and i >= max_batches:
                 break
@@ -401,8 +401,6 @@ def measure_point(model: nn.Module, task: Task, probes: Sequence[Probe], tokens_
                 c, t = probe(logits, x, y)
                 correct[probe.name] += c
                 totals[probe.name] += t
-    finally:
-        model.train(was_training)
     if n_tokens == 0:
         raise ValueError("the validation set has no target tokens (all IGNORE_INDEX); cannot measure a loss")
     params = count_parameters(model)

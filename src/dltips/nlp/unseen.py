@@ -82,10 +82,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from dltips.core.device import resolve_device, to_device
+from dltips.core.params import positive_int
+from dltips.core.state import eval_mode
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced
-from dltips.task import IGNORE_INDEX, Task, to_device
-from dltips.training.overfit import _check_positive_int, resolve_device
+from dltips.task import IGNORE_INDEX, Task
 
 __all__ = ["UnseenMass", "check_unseen_tokens", "measure_unseen_mass", "token_counts"]
 
@@ -134,9 +136,9 @@ def token_counts(dataset: Dataset, vocab_size: int, max_items: int | None = None
     one pass over its target tensor; other datasets are read item by item. With
     `max_items`, only that many evenly spaced items are read.
     """
-    _check_positive_int("vocab_size", vocab_size)
+    positive_int("vocab_size", vocab_size)
     if max_items is not None:
-        _check_positive_int("max_items", max_items)
+        positive_int("max_items", max_items)
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(f"dataset must be a map-style Dataset with __len__ and __getitem__, got {type(dataset).__name__}")
     positions = evenly_spaced(len(dataset), max_items)
@@ -196,8 +198,8 @@ def measure_unseen_mass(
     `device` is elsewhere).
     """
     counts = _check_counts(counts, task.n_classes)
-    _check_positive_int("max_items", max_items)
-    device = resolve_device(model, device)
+    positive_int("max_items", max_items)
+    device = resolve_device(device, model)
     if any(p.device != device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
     positions = evenly_spaced(len(task.valid), max_items)
@@ -205,9 +207,7 @@ def measure_unseen_mass(
     probability_sum = torch.zeros(task.n_classes, dtype=torch.float64, device=device)
     valid_counts = torch.zeros(task.n_classes, dtype=torch.long, device=device)
     n_positions = torch.zeros((), dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for x, y in loader:
             y = y.to(device)
             logits = model(to_device(x, device))
@@ -220,8 +220,6 @@ def measure_unseen_mass(
                 probability_sum += torch.softmax(rows.float(), dim=-1).sum(0, dtype=torch.float64)
             valid_counts += torch.bincount(y[counted].long(), minlength=task.n_classes)
             n_positions += counted.sum()
-    finally:
-        model.train(was_training)
     n = int(n_positions)
     if n == 0:
         raise ValueError("the validation items read have no counted target (all are IGNORE_INDEX)")
@@ -266,7 +264,7 @@ def check_unseen_tokens(
     if task.kind != "language-model":
         return []
     counts = token_counts(task.train, task.n_classes) if counts is None else _check_counts(counts, task.n_classes)
-    _check_positive_int("max_items", max_items)
+    positive_int("max_items", max_items)
     if decode is not None and not callable(decode):
         raise ValueError(f"decode must be a callable id -> str or None, got {type(decode).__name__}")
     name = _namer(decode)

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dltips.core.io import atomic_write_text
 from dltips.findings import Finding
-from dltips.io import atomic_write_text
 
 MISSING, UNKNOWN, RARE = 0, 1, 2
 RESERVED = ("#missing", "#unknown", "#rare")

@@ -1,9 +1,6 @@
-"""Callbacks: how monitors, checks and progress displays plug into `dltips.fit`.
+"""Two callbacks for `dltips.fit`: a progress display and a time limit.
 
-A callback overrides any of the event methods; each receives the live
-`FitState` (model, optimizer, step, epoch, last loss, history). Setting
-`state.stop = True` ends training after the current step. When training raises,
-`on_exception` is called instead of `on_fit_end`, then the error propagates.
+The protocol they implement (`Callback`, `FitState`) is `dltips.core.callbacks`.
 """
 
 from __future__ import annotations
@@ -11,33 +8,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-if TYPE_CHECKING:
-    from dltips.training.fit import FitState
-
-
-class Callback:
-    """Base class: every event is a no-op until overridden."""
-
-    def on_fit_start(self, state: FitState) -> None: ...
-
-    def on_epoch_start(self, state: FitState) -> None: ...
-
-    def on_step_end(self, state: FitState) -> None:
-        """After each optimizer step (once per accumulation window)."""
-
-    def on_sync(self, state: FitState) -> None:
-        """After the loop synchronised with the device (`state.train_loss` is fresh)."""
-
-    def on_eval_end(self, state: FitState, metrics: dict[str, float]) -> None: ...
-
-    def on_epoch_end(self, state: FitState) -> None: ...
-
-    def on_fit_end(self, state: FitState) -> None: ...
-
-    def on_exception(self, state: FitState, error: BaseException) -> None:
-        """When training raises (the error is re-raised afterwards): release hooks, files, ..."""
+from dltips.core.callbacks import Callback, FitState
 
 
 class ProgressBar(Callback):

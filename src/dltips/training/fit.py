@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -25,7 +25,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dltips.io import atomic_write
+from dltips.core.callbacks import Callback, FitState
+from dltips.core.device import resolve_device, to_device
+from dltips.core.io import atomic_write
+from dltips.core.state import eval_mode, get_rng_state, set_rng_state
 from dltips.monitor.metrics import (
     add_sums,
     metric_sums,
@@ -33,10 +36,10 @@ from dltips.monitor.metrics import (
     reduce_sums,
     zero_sums,
 )
-from dltips.task import Task, choose_device, count_items, to_device
+from dltips.task import Task, count_items
 from dltips.training.accumulate import GradientAccumulator
-from dltips.training.callbacks import Callback, ProgressBar
-from dltips.training.lr import get_rng_state, set_rng_state
+from dltips.training.callbacks import ProgressBar
+from dltips.training.lr import make_optimizer
 from dltips.training.mixup import Mixup
 from dltips.training.precision import MixedPrecision
 from dltips.training.schedule import OneCycle
@@ -68,28 +71,6 @@ class Recipe:
     precision: str = "off"
     accumulate: int = 1
     max_grad_norm: float | None = None
-
-
-@dataclass
-class FitState:
-    """What callbacks see while `fit` runs."""
-
-    task: Task
-    model: nn.Module  # the model being trained (DDP-wrapped under torch.distributed)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    epochs: int
-    total_steps: int
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    epoch: int = 0
-    batch: int = 0  # next batch of the epoch
-    step: int = 0  # optimizer steps taken
-    loss: torch.Tensor | None = None  # the last micro-batch's mean loss, on the device
-    train_loss: float = math.nan  # mean training loss of the epoch so far, at the last sync
-    history: list[dict[str, float]] = field(default_factory=list)
-    stop: bool = False
 
 
 @dataclass
@@ -164,12 +145,12 @@ def fit(
     _check_fit_args(epochs, recipe, checkpoint_every, max_steps, sync_every)
     task.validate()
     rank, world_size, owns_group = init_distributed()
-    device = choose_device(device, rank)
+    device = resolve_device(device, rank=rank)
     if seed is not None:
         _seed_everything(seed + rank)
 
     model = task.model.to(device)
-    optimizer = task.make_optimizer(model, recipe.lr)
+    optimizer = make_optimizer(task, model, recipe.lr)
     if recipe.lr is not None and task.optimizer is not None:
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr
@@ -314,20 +295,18 @@ def evaluate(
     """
     if isinstance(model, DistributedDataParallel):
         model = model.module  # ranks may run different numbers of batches: no collectives in forward
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device, model)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sampler = ShardedSampler(len(data), shuffle=False, rank=rank, world_size=world_size, pad=False)
     loader = DataLoader(data, batch_size=task.batch_size, sampler=sampler)
-    was_training = model.training
-    model.eval()
     totals = zero_sums(task.kind, task.n_classes, device)  # a rank without items still joins the reduction
-    for x, y in loader:
-        x, y = to_device(x, device), y.to(device)
-        with precision.autocast() if precision is not None else contextlib.nullcontext():
-            output = model(x)
-            loss = task.loss_fn(output, y)
-        add_sums(totals, metric_sums(task.kind, output.float(), y, loss.float(), task.n_classes))
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in loader:
+            x, y = to_device(x, device), y.to(device)
+            with precision.autocast() if precision is not None else contextlib.nullcontext():
+                output = model(x)
+                loss = task.loss_fn(output, y)
+            add_sums(totals, metric_sums(task.kind, output.float(), y, loss.float(), task.n_classes))
     return metrics_from_sums(task.kind, reduce_sums(totals), prefix="valid_")
 
 

@@ -104,10 +104,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from dltips.core.device import resolve_device
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced, predict
 from dltips.task import DEFAULT_LOSSES, IGNORE_INDEX, Task
-from dltips.training.overfit import resolve_device
 
 __all__ = ["ExpectedLoss", "check_initial_loss", "expected_initial_loss"]
 
@@ -157,7 +157,7 @@ def expected_initial_loss(task: Task) -> ExpectedLoss:
     if kind in ("classification", "language-model"):
         counted = y[y != IGNORE_INDEX].long().flatten()
         counts = torch.bincount(counted, minlength=task.n_classes).double()
-        h = _entropy(counts / counts.sum())
+        h = entropy(counts / counts.sum())
         log_k = math.log(task.n_classes)
         if kind == "classification":
             return ExpectedLoss(h, min(h, log_k), log_k, {"ln_c": log_k, "prior_entropy": h})
@@ -199,7 +199,7 @@ def check_initial_loss(
     if not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1:
         raise ValueError(f"max_items must be a positive int, got {max_items!r}")
     model = copy.deepcopy(task.model)
-    device = resolve_device(model, device)
+    device = resolve_device(device, model)
     model.to(device)
     n_items = min(max_items, _lm_item_limit(task)) if task.kind == "language-model" else max_items
     preds = predict(model, task, task.train, indices=evenly_spaced(len(task.train), n_items), device=device)
@@ -435,7 +435,8 @@ def _is_default_loss(task: Task) -> bool:
     return loss is same[0] or (isinstance(loss, same[1]) and getattr(loss, "reduction", "mean") == "mean")
 
 
-def _entropy(p: torch.Tensor) -> float:
+def entropy(p: torch.Tensor) -> float:
+    """Entropy in nats of the probabilities `p` (zeros ignored)."""
     p = p[p > 0]
     return float(-(p * p.log()).sum())
 

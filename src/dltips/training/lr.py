@@ -1,14 +1,12 @@
 """Picking a learning rate: a size-based default, batch-size scaling, and the LR range test.
 
-Also home of `get_rng_state` / `set_rng_state`, which `lr_find` uses to leave
-no trace and which checkpointing code reuses.
+`make_optimizer(task, model)` gives a Task's optimizer, or the default AdamW at `default_lr`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from numbers import Real
@@ -19,16 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dltips.task import to_device
+from dltips.core.device import to_device
+from dltips.core.state import get_rng_state, set_rng_state
 
-__all__ = [
-    "LRFinderResult",
-    "default_lr",
-    "get_rng_state",
-    "lr_find",
-    "scale_lr",
-    "set_rng_state",
-]
+__all__ = ["LRFinderResult", "default_lr", "lr_find", "make_optimizer", "scale_lr"]
 
 # default_lr for Adam/AdamW: 3e-4 * (1e8 / n) ** 0.5, clipped to [3e-4, 1e-2].
 # Calibrated with bench/default_lr.py (table in default_lr's docstring).
@@ -95,6 +87,13 @@ def default_lr(model: nn.Module | int, optimizer: str = "adamw") -> float:
     return min(max(_ADAM_LR * (_REF_PARAMS / n) ** _EXPONENT, _ADAM_LR), _ADAM_MAX_LR)
 
 
+def make_optimizer(task: Any, model: nn.Module, lr: float | None = None) -> Optimizer:
+    """`task.optimizer(model.parameters())`, or AdamW at `lr` (default: `default_lr(model)`) when the Task has none."""
+    if task.optimizer is not None:
+        return task.optimizer(model.parameters())
+    return torch.optim.AdamW(model.parameters(), lr=lr if lr is not None else default_lr(model))
+
+
 def _positive_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -136,53 +135,6 @@ def scale_lr(
     if rule == "sqrt":
         return lr * math.sqrt(b / b0)
     raise ValueError(f"unknown rule {rule!r}; expected 'linear' or 'sqrt'")
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Snapshot the torch (CPU and CUDA), numpy-global and python ``random`` generators.
-
-    The result holds only CPU tensors and plain python values, so it can go
-    through ``torch.save`` (also with ``weights_only=True`` loading).
-    """
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": {
-            "bit_generator": np_state["bit_generator"],
-            "key": np_state["state"]["key"].tolist(),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore generators from a dict made by `get_rng_state`."""
-    if not isinstance(state, dict) or not {"torch", "numpy", "python"} <= state.keys():
-        raise ValueError("state must be a dict from get_rng_state() with keys 'torch', 'numpy', 'python'")
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        cuda_states = [s.cpu() for s in state["cuda"]]
-        if len(cuda_states) != torch.cuda.device_count():
-            raise ValueError(
-                f"state holds {len(cuda_states)} CUDA generators but {torch.cuda.device_count()} devices are visible"
-            )
-        torch.cuda.set_rng_state_all(cuda_states)
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["bit_generator"],
-            np.asarray(np_state["key"], dtype=np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["gauss"],
-        )
-    )
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
 
 
 @dataclass

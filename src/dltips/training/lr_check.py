@@ -39,9 +39,10 @@ import math
 import torch
 from torch.utils.data import DataLoader
 
+from dltips.core.device import resolve_device, to_device
 from dltips.findings import Finding
-from dltips.task import Task, to_device
-from dltips.training.lr import LRFinderResult, default_lr, lr_find
+from dltips.task import Task
+from dltips.training.lr import LRFinderResult, default_lr, lr_find, make_optimizer
 
 TIP = "default-lr"
 START_LR, END_LR = 1e-7, 10.0
@@ -59,9 +60,9 @@ def check_lr(
     seed: int = 0,
 ) -> list[Finding]:
     """Run an LR range test on a copy of the Task's model; judge the Task's LR against it. One Finding."""
-    device = torch.device(device) if device is not None else _model_device(task)
+    device = resolve_device(device, task.model)
     model = copy.deepcopy(task.model).to(device)
-    optimizer = task.make_optimizer(model)
+    optimizer = make_optimizer(task, model)
     group_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     task_lr = group_lrs[0]
     family = _family(optimizer)
@@ -84,10 +85,6 @@ def check_lr(
                             "Check the inputs for NaN values and the initial loss (`dltips tips initialization`).",
                             {"task_lr": task_lr, "error": str(e)})]
     return [_verdict(result, task_lr, group_lrs, suggested_default, family, num_steps)]
-
-
-def _model_device(task: Task) -> torch.device:
-    return next((p.device for p in task.model.parameters()), torch.device("cpu"))
 
 
 def _family(optimizer: torch.optim.Optimizer) -> str | None:

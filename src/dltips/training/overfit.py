@@ -102,7 +102,6 @@ noisy diabetes targets inside the budget while a linear model stays flat at
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -116,9 +115,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
+from dltips.core.device import model_device, resolve_device, to_device
+from dltips.core.state import eval_mode, grads_kept, modes_kept
 from dltips.findings import Finding
 from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate
-from dltips.task import IGNORE_INDEX, Task, to_device
+from dltips.task import IGNORE_INDEX, Task
+from dltips.training.lr import make_optimizer
 
 __all__ = ["OverfitResult", "Rung", "check_capacity", "check_overfit_tiny", "overfit_ladder"]
 
@@ -265,7 +267,7 @@ def _run_rung(task: Task, indices: list[int], max_steps: int, deadline: float,
     """Train a fresh copy on the items at `indices` as one batch; an error in the user's code fails the rung."""
     start = time.perf_counter()
     model = copy.deepcopy(task.model)
-    model.to(resolve_device(model, device))
+    model.to(resolve_device(device, model))
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     rung = Rung(len(indices), "failed", diagnosis={
@@ -275,7 +277,7 @@ def _run_rung(task: Task, indices: list[int], max_steps: int, deadline: float,
     if not trainable:
         rung.reason = "no parameter requires a gradient: the whole model is frozen"
     else:
-        with _grads_left_alone(task.model):
+        with grads_kept(task.model):
             try:
                 _train_rung(rung, task, model, trainable, indices, max_steps, deadline)
             except Exception as e:  # noqa: BLE001 -- the model, loss or optimizer raised: report it as the verdict
@@ -291,9 +293,9 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
                 max_steps: int, deadline: float) -> None:
     """The rung's loop: fills in `rung` (steps, losses, curve, status, diagnosis) as it goes."""
     diagnosis, loss_fn = rung.diagnosis, task.loss_fn
-    device = next(model.parameters()).device
+    device = model_device(model)
     x, y = _batch(task.train, indices, device)
-    optimizer = task.make_optimizer(model)
+    optimizer = make_optimizer(task, model)
     diagnosis["regularisation_switched_off"] = _switch_off_regularisation(model, optimizer)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     diagnosis["optimized_fraction"] = sum(id(p) in held for p in trainable) / len(trainable)
@@ -355,15 +357,14 @@ def _evaluate(model: nn.Module, task: Task, loss_fn: Callable, x: Any, y: torch.
     training fitted. It is judged in train mode, its running statistics
     restored afterwards.
     """
-    was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in norms]
-    model.train(bool(norms))
     try:
-        output = model(x)
-        loss = float(loss_fn(output, y))
+        with modes_kept(model):
+            model.train(bool(norms))
+            output = model(x)
+            loss = float(loss_fn(output, y))
     finally:
-        model.train(was_training)
         for m, buffers in zip(norms, saved):
             for name, value in buffers.items():
                 getattr(m, name).copy_(value)
@@ -405,12 +406,8 @@ def _target_loss(task: Task, loss_fn: Callable, x: Any, y: torch.Tensor, initial
                  model: nn.Module, entropy: float = 0.0) -> float:
     """The loss a rung must reach: LOSS_FRACTION (or REGRESSION_FRACTION) of the way from start to perfect."""
     with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             output = model(x)
-        finally:
-            model.train(was_training)
         floor = _perfect_loss(task, loss_fn, output, y) + entropy
         if task.kind != "regression":
             return floor + LOSS_FRACTION * max(initial - floor, 0.0)
@@ -564,15 +561,15 @@ def check_capacity(
     n = min(n_items, len(task.train))
     indices = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     model = copy.deepcopy(task.model)
-    device = resolve_device(model, device)
+    device = resolve_device(device, model)
     model.to(device)
     targets = _targets(task.train, indices)
     baseline = baseline_error(task.kind, targets, targets)
     threshold = CAPACITY_FRACTION * baseline if task.kind == "regression" else CAPACITY_ERROR
     history: list[tuple[int, float]] = []
     steps, stopped = 0, "max_steps"
-    with _grads_left_alone(task.model):
-        optimizer = task.make_optimizer(model)
+    with grads_kept(task.model):
+        optimizer = make_optimizer(task, model)
         lr = float(optimizer.param_groups[0]["lr"]) if optimizer.param_groups else None
         regularisation_off = _switch_off_regularisation(model, optimizer)
         batch_size = min(task.batch_size, n)
@@ -708,15 +705,11 @@ def _trend(history: list[tuple[int, float]]) -> str:
 @torch.no_grad()
 def _train_error(model: nn.Module, task: Task, indices: list[int], device: torch.device) -> float:
     """The kind's error (`error_rate`) of `model` in eval mode on the training items at `indices`."""
-    was_training = model.training
-    model.eval()
     outputs, targets = [], []
-    try:
+    with eval_mode(model):
         for x, y in DataLoader(Subset(task.train, indices), batch_size=max(task.batch_size, 256)):
             outputs.append(model(to_device(x, device)).float().cpu())
             targets.append(y)
-    finally:
-        model.train(was_training)
     return error_rate(task.kind, torch.cat(outputs), torch.cat(targets))
 
 
@@ -728,26 +721,6 @@ def _forever(data: Dataset, batch_size: int, generator: torch.Generator) -> Iter
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """`device` when given ("auto": CUDA when available), else where the model's parameters are."""
-    if device is None:
-        return next((p.device for p in model.parameters()), torch.device("cpu"))
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@contextlib.contextmanager
-def _grads_left_alone(model: nn.Module) -> Iterator[None]:
-    """Put back the `.grad` of the user's model: a loss that closes over its parameters must not leave traces."""
-    saved = [(p, p.grad) for p in model.parameters()]
-    try:
-        yield
-    finally:
-        for p, grad in saved:
-            p.grad = grad
 
 
 def _batch(data: Dataset, indices: list[int], device: torch.device) -> tuple[Any, torch.Tensor]:
