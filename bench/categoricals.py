@@ -1,4 +1,4 @@
-"""Quality of `dltips.tabular.categoricals.CategoryEncoder` on dirty categories with a known clean truth.
+"""Quality of `dltips.tabular.encoder.CategoryEncoder` on dirty categories with a known clean truth.
 
 Run:
     python bench/categoricals.py              # full run: K=100 names, N=20000 rows, p=0.05 (about 2 minutes)
@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dltips.tabular.categoricals import CategoryEncoder
 from dltips.tabular.embeddings import emb_sizes
+from dltips.tabular.encoder import CategoryEncoder
 from dltips.tabular.model import TabularModel
 
 SLOW = 5.0  # seconds: a method slower than this is timed once

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dltips import Finding, Report
+from dltips import Finding, ParamError, Report
 
 
 def test_report_json_follows_the_contract_and_round_trips(tmp_path):
@@ -39,6 +39,8 @@ def test_findings_reject_unknown_tips_statuses_and_evidence():
         Finding("one_cycle", "pass", "t", "m")
     with pytest.raises(TypeError, match="evidence"):
         Finding("one-cycle", "pass", "t", "m", evidence={"x": object()}).to_dict()
+    with pytest.raises(ParamError, match="Finding.status must be one of 'pass'"):
+        Finding("one-cycle", "ok", "t", "m")
 
 
 def test_atomic_writes_get_the_usual_permissions(tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from dltips.core.params import ParamError
+
 THEMES = ("training", "data", "monitoring", "efficiency", "nlp", "tabular")
 THEME_TITLES = {
     "training": "General > Training",
@@ -186,7 +188,7 @@ _TIPS = [
         "Training error shows bias (underfitting); the validation-training gap shows variance "
         "(overfitting); the test-validation gap shows overfitting to the validation set, usually "
         "from too much tuning against it.",
-        ["dltips.check_error_gaps", "dltips.measure_error_gaps", "dltips.doctor"],
+        ["dltips.check_error_gaps", "dltips.monitor.gaps.measure_error_gaps", "dltips.doctor"],
     ),
     Tip(
         "metric-divergence", "monitoring", "monitor", "Metrics agree early and diverge later",
@@ -222,7 +224,7 @@ _TIPS = [
         "emergent-scaling", "nlp", "info", "Individual tasks do not scale as smoothly as the loss",
         "Loss falls smoothly with compute, but a particular downstream task may plateau, jump, "
         "or even get worse. Track tasks separately across model sizes.",
-        ["dltips.scaling_study", "dltips.check_emergent_scaling", "dltips.char_probes"],
+        ["dltips.scaling_study", "dltips.check_emergent_scaling", "dltips.nlp.emergent.char_probes"],
     ),
     Tip(
         "weight-tying", "nlp", "trick+check", "Tie the input embedding and the output layer",
@@ -235,7 +237,7 @@ _TIPS = [
         "unseen-tokens", "nlp", "check", "Tokens never seen in training should get almost no probability",
         "A token that never occurs in the training data should receive a predicted probability "
         "close to zero; mass on unseen tokens signals a bad initialisation or a data leak.",
-        ["dltips.check_unseen_tokens", "dltips.token_counts"],
+        ["dltips.check_unseen_tokens", "dltips.nlp.unseen.token_counts"],
     ),
     # Tabular
     Tip(
@@ -267,5 +269,5 @@ def get_tip(tip_id: str) -> Tip:
 def tips_by_theme(theme: str | None = None) -> list[Tip]:
     """All tips in catalog order, or those of one theme."""
     if theme is not None and theme not in THEMES:
-        raise ValueError(f"unknown theme {theme!r}; valid themes: {', '.join(THEMES)}")
+        raise ParamError(f"unknown theme {theme!r}; valid themes: {', '.join(THEMES)}")
     return [tip for tip in _TIPS if theme is None or tip.theme == theme]

@@ -233,7 +233,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     steps (per rank: each step is one global batch of world_size x batch_size
     items), world_size, duration and the per-epoch history of `fit`.
     """
-    from dltips.findings import Report, jsonable
+    from dltips.diagnosis.report import Report
+    from dltips.findings import jsonable
     from dltips.monitor.metrics import MetricTracker
     from dltips.monitor.watch import Watch
     from dltips.training.fit import Recipe, fit
@@ -291,7 +292,7 @@ def _run_scaling(args: argparse.Namespace) -> int:
     import time
 
     from dltips.demos.charlm import SIZES, charlm_data, charlm_task
-    from dltips.findings import Report
+    from dltips.diagnosis.report import Report
     from dltips.nlp.emergent import char_probes, check_emergent_scaling, scaling_study
 
     if args.name != "charlm":

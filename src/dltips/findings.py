@@ -1,19 +1,18 @@
-"""Findings (one verdict on one tip) and the Report that collects them.
+"""Findings: one verdict on one tip, and the JSON helpers behind their contract.
 
 A function that answers "is this healthy?" returns a list of `Finding`s. The
-doctor gathers them into a `Report`, whose JSON form is a contract (see
-docs/architecture.md).
+doctor gathers them into a `dltips.diagnosis.report.Report`, whose JSON form is
+a contract (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dltips.core.io import atomic_write_text
+from dltips.catalog import TIPS
+from dltips.core.params import ParamError, one_of
 
 STATUSES = ("pass", "warn", "fail", "info", "skip")
 
@@ -45,17 +44,12 @@ class Finding:
     figures: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"Finding.status must be one of {STATUSES}, got {self.status!r}")
-        from dltips.catalog import TIPS
-
+        one_of("Finding.status", self.status, STATUSES)
         if self.tip not in TIPS:
-            raise ValueError(f"Finding.tip must be a catalog id (see `dltips tips`), got {self.tip!r}")
+            raise ParamError(f"Finding.tip must be a catalog id (see `dltips tips`), got {self.tip!r}")
 
     @property
     def theme(self) -> str:
-        from dltips.catalog import TIPS
-
         return TIPS[self.tip].theme
 
     def to_dict(self) -> dict:
@@ -82,71 +76,6 @@ class Finding:
         )
 
 
-@dataclass
-class Report:
-    """What the doctor found on one task: a task summary, findings in order, timings."""
-
-    task: dict
-    findings: list[Finding] = field(default_factory=list)
-    duration_s: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def summary(self) -> dict[str, int]:
-        counts = {status: 0 for status in STATUSES}
-        for finding in self.findings:
-            counts[finding.status] += 1
-        return counts
-
-    @property
-    def failed(self) -> bool:
-        return any(f.status == "fail" for f in self.findings)
-
-    def to_dict(self) -> dict:
-        from dltips import __version__
-
-        return {
-            "dltips_version": __version__,
-            "task": jsonable(self.task),
-            "duration_s": round(self.duration_s, 3),
-            "findings": [f.to_dict() for f in self.findings],
-            "summary": self.summary,
-        }
-
-    def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
-        """The report as JSON text; also written atomically to `path` when given."""
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        if path is not None:
-            atomic_write_text(path, text + "\n")
-        return text
-
-    def to_html(self, path: str | os.PathLike | None = None) -> str:
-        """The report as one self-contained HTML file; also written atomically to `path` when given."""
-        from dltips.diagnosis.report import render_html, write_html
-
-        return render_html(self) if path is None else write_html(self, path)
-
-    def _repr_html_(self) -> str:
-        from dltips.diagnosis.report import render_fragment
-
-        return render_fragment(self)
-
-    def print(self, console: Any = None) -> None:
-        """Print a summary to the terminal (coloured with rich when available)."""
-        from dltips.diagnosis.report import render_terminal
-
-        render_terminal(self, console)
-
-    @classmethod
-    def from_json(cls, text: str) -> Report:
-        data = json.loads(text)
-        return cls(
-            task=data["task"],
-            findings=[Finding.from_dict(f) for f in data["findings"]],
-            duration_s=data.get("duration_s", 0.0),
-        )
-
-
 def jsonable(value: Any) -> Any:
     """Turn numbers, tensors and arrays inside `value` into plain JSON data.
 
@@ -162,4 +91,4 @@ def jsonable(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    raise TypeError(f"evidence values must be numbers, strings, lists or dicts; got {type(value).__name__}")
+    raise ParamError(f"evidence values must be numbers, strings, lists or dicts; got {type(value).__name__}")

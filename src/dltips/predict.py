@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dltips.core.device import resolve_device, to_device
+from dltips.core.params import ParamError
 from dltips.core.state import eval_mode
 from dltips.task import IGNORE_INDEX, Task
 
@@ -112,5 +113,5 @@ def evenly_spaced(n: int, k: int | None) -> list[int]:
     if k is None or k >= n:
         return list(range(n))
     if k < 1:
-        raise ValueError(f"the number of items must be >= 1, got {k}")
+        raise ParamError(f"the number of items must be >= 1, got {k}")
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})

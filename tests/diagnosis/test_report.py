@@ -19,9 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from dltips import Finding, Report
+from dltips import Finding, ParamError, Report
 from dltips.catalog import THEME_TITLES, THEMES
-from dltips.diagnosis import report as render
+from dltips.core.png import image_pixels, png_bytes
+from dltips.diagnosis.figures import figure_html
+from dltips.diagnosis.heatmap import heatmap_columns, heatmap_extent
+from dltips.diagnosis.html import render_html
+from dltips.diagnosis.terminal import render_terminal
+from dltips.diagnosis.text import MAX_CHARS, compact
 from dltips.findings import STATUSES
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -112,7 +117,7 @@ def test_html_is_self_contained_with_every_status_theme_and_figure(rendered):
 
 def test_themes_follow_the_catalog_whatever_the_order_given():
     shuffled = [dataclasses.replace(f, figures=[]) for f in reversed(make_report().findings)]
-    text = render.render_html(Report(task={}, findings=shuffled))
+    text = render_html(Report(task={}, findings=shuffled))
     assert re.findall(r"<h2>(.*?)</h2>", text) == [html.escape(THEME_TITLES[t]) for t in THEMES]
     titles = re.findall(r"<h3>(.*?)</h3>", text)
     assert titles.index("One-cycle schedule") < titles.index("Cannot overfit one example")  # given order kept
@@ -133,8 +138,8 @@ def test_evidence_is_compact_and_truncated(rendered):
     assert ", 8," not in evidence and "99" not in evidence
     assert "<th scope=\"row\">measured</th><td>2.31</td>" in evidence  # a tensor, shown as a number
     assert "[1.5, nan]" in evidence  # nested dict as a nested table, nan spelled out
-    assert render.compact({f"k{i}": i for i in range(10)}, max_items=2) == "{k0: 0, k1: 1, … 8 more}"
-    assert render.compact("x" * 1000).endswith("…") and len(render.compact("x" * 1000)) == render.MAX_CHARS
+    assert compact({f"k{i}": i for i in range(10)}, max_items=2) == "{k0: 0, k1: 1, … 8 more}"
+    assert compact("x" * 1000).endswith("…") and len(compact("x" * 1000)) == MAX_CHARS
 
 
 def test_png_encoder_round_trips_through_pillow():
@@ -143,19 +148,19 @@ def test_png_encoder_round_trips_through_pillow():
     gray = np.arange(12 * 7, dtype=np.uint8).reshape(7, 12) * 3
     rgb = np.random.default_rng(0).integers(0, 256, (5, 9, 3), dtype=np.uint8)
     for pixels in (gray, rgb):
-        decoded = np.asarray(Image.open(io.BytesIO(render.png_bytes(pixels))))
+        decoded = np.asarray(Image.open(io.BytesIO(png_bytes(pixels))))
         np.testing.assert_array_equal(decoded, pixels)
 
 
 def test_images_are_min_max_scaled_in_every_layout():
-    gray = render.image_pixels(torch.tensor([[-1.0, 0.0], [1.0, float("nan")]]))
+    gray = image_pixels(torch.tensor([[-1.0, 0.0], [1.0, float("nan")]]))
     np.testing.assert_array_equal(gray, [[0, 128], [255, 0]])
-    rgb = render.image_pixels(np.stack([np.zeros((2, 3)), np.ones((2, 3)), np.full((2, 3), 0.5)]))
+    rgb = image_pixels(np.stack([np.zeros((2, 3)), np.ones((2, 3)), np.full((2, 3), 0.5)]))
     assert rgb.shape == (2, 3, 3) and rgb[0, 0].tolist() == [0, 255, 128]
-    assert render.image_pixels(np.ones((1, 4, 5))).shape == (4, 5)  # constant: no division by zero
+    assert image_pixels(np.ones((1, 4, 5))).shape == (4, 5)  # constant: no division by zero
     with pytest.raises(ValueError, match="shape"):
-        render.image_pixels(np.ones((2, 4, 5)))
-    bad = render.figure_html({"kind": "images", "title": "t", "images": [np.ones((7, 2, 2))]})
+        image_pixels(np.ones((2, 4, 5)))
+    bad = figure_html({"kind": "images", "title": "t", "images": [np.ones((7, 2, 2))]})
     assert "(7, 2, 2)" in bad  # a bad image is reported, not fatal
 
 
@@ -171,7 +176,7 @@ def test_without_matplotlib_plots_become_tables_naming_the_extra(monkeypatch):
 
 def test_a_plot_that_cannot_be_drawn_becomes_a_table():
     figure = {"kind": "lines", "title": "t", "x": [1, 2], "series": {"a": [1, 2]}, "ylabel": "$\\frac{$"}
-    text = render.figure_html(figure)
+    text = figure_html(figure)
     assert "Could not draw this plot" in text and "<img" not in text and '<th scope="col">a</th>' in text
 
 
@@ -192,7 +197,7 @@ def heat_figure(panels: list) -> dict:
 
 
 def test_heatmap_is_one_png_of_small_multiples():
-    text = render.figure_html(heat_figure([heat_panel(f"layer{i}") for i in range(5)]))
+    text = figure_html(heat_figure([heat_panel(f"layer{i}") for i in range(5)]))
     (image,) = png_images(text)
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20  # coloured, not blank
@@ -203,7 +208,7 @@ def test_heatmap_is_one_png_of_small_multiples():
 
 def test_heatmap_puts_low_bins_at_the_bottom():
     # two value bins: the low one empty, the high one full; viridis: low = dark purple, high = bright yellow
-    text = render.figure_html(heat_figure([{"name": "one", "z": [[0.0] * 4, [5.0] * 4], "x": [0, 1, 2, 3],
+    text = figure_html(heat_figure([{"name": "one", "z": [[0.0] * 4, [5.0] * 4], "x": [0, 1, 2, 3],
                                             "y_range": [0.0, 1.0]}]))
     (image,) = png_images(text)
     height, width = image.shape[:2]
@@ -212,10 +217,10 @@ def test_heatmap_puts_low_bins_at_the_bottom():
 
 
 def test_heatmap_extent_centres_columns_on_steps_and_layout_uses_3_or_4_columns():
-    assert render._heatmap_extent([0.0, 10.0, 20.0], -1.0, 1.0) == (-5.0, 25.0, -1.0, 1.0)
-    assert render._heatmap_extent([5.0], 0.0, 2.0) == (4.5, 5.5, 0.0, 2.0)
-    assert render._heatmap_extent([5.0, 5.0], 3.0, 3.0) == (4.5, 5.5, 2.5, 3.5)  # no zero-size extent
-    columns = {n: render._heatmap_columns(n) for n in range(1, 13)}
+    assert heatmap_extent([0.0, 10.0, 20.0], -1.0, 1.0) == (-5.0, 25.0, -1.0, 1.0)
+    assert heatmap_extent([5.0], 0.0, 2.0) == (4.5, 5.5, 0.0, 2.0)
+    assert heatmap_extent([5.0, 5.0], 3.0, 3.0) == (4.5, 5.5, 2.5, 3.5)  # no zero-size extent
+    columns = {n: heatmap_columns(n) for n in range(1, 13)}
     assert columns == {1: 1, 2: 2, 3: 3, 4: 4, 5: 3, 6: 3, 7: 4, 8: 4, 9: 3, 10: 4, 11: 4, 12: 4}
 
 
@@ -238,7 +243,7 @@ GRAY_PANEL = {"name": "fc", "z": [[0, 1], [2, 3], [4, 5]], "x": [10, 20], "y_ran
 
 def test_without_matplotlib_heatmaps_are_gray_images_with_low_bins_at_the_bottom(monkeypatch):
     block_matplotlib(monkeypatch)
-    text = render.figure_html(heat_figure([GRAY_PANEL, heat_panel("conv1")]))
+    text = figure_html(heat_figure([GRAY_PANEL, heat_panel("conv1")]))
     assert html.escape('pip install "dltips[report]"') in text and "low values at the bottom" in text
     first, second = png_images(text)
     check_gray_flipped(first)
@@ -247,7 +252,7 @@ def test_without_matplotlib_heatmaps_are_gray_images_with_low_bins_at_the_bottom
 
 
 def test_a_heatmap_that_cannot_be_drawn_becomes_gray_images():
-    text = render.figure_html(heat_figure([dict(GRAY_PANEL, name="$\\frac{$")]))
+    text = figure_html(heat_figure([dict(GRAY_PANEL, name="$\\frac{$")]))
     assert "Could not draw this plot" in text and 'class="plot"' not in text
     (image,) = png_images(text)
     check_gray_flipped(image)
@@ -264,34 +269,34 @@ def test_bad_heatmap_panels_become_notes_and_the_good_ones_are_drawn():
            {"name": "upside-down", "z": [[1]], "x": [0], "y_range": [1, 0]},
            {"name": "infinite", "z": [[1]], "x": [0], "y_range": [0, float("inf")]},
            "not a panel"]
-    text = render.figure_html(heat_figure([*bad, good]))
+    text = figure_html(heat_figure([*bad, good]))
     notes = re.findall(r'<p class="note">(.*?)</p>', text)
     assert notes[0] == "Panel ragged not drawn: z is ragged (rows of 1, 2 values)."
     assert notes[3] == "Panel short-x not drawn: x has 2 steps for 3 columns of z."
     assert notes[-1].startswith("Panel 9 not drawn: expected a dict")
     assert len(notes) == len(bad) and all(" not drawn: " in n for n in notes)
     assert len(png_images(text)) == 1 and 'alt="Heat maps of good:' in text
-    only_bad = render.figure_html(heat_figure(bad[:2]))
+    only_bad = figure_html(heat_figure(bad[:2]))
     assert "<img" not in only_bad and only_bad.count('class="note"') == 2
-    assert "No panels to draw." in render.figure_html(heat_figure([]))
-    no_axes = render.figure_html(heat_figure([{"name": "bare", "z": [[1, 2], [3, 4]]}]))  # x, y_range optional
+    assert "No panels to draw." in figure_html(heat_figure([]))
+    no_axes = figure_html(heat_figure([{"name": "bare", "z": [[1, 2], [3, 4]]}]))  # x, y_range optional
     assert len(png_images(no_axes)) == 1 and "note" not in no_axes
 
 
 def test_more_than_12_heatmap_panels_leave_a_note(monkeypatch):
     figure = heat_figure([heat_panel(f"p{i}", bins=4, steps=3) for i in range(15)])
-    text = render.figure_html(figure)
+    text = figure_html(figure)
     assert "… 3 more panels" in text and "p11" in text and "p12" not in text
     assert len(png_images(text)) == 1
     block_matplotlib(monkeypatch)
-    text = render.figure_html(figure)
+    text = figure_html(figure)
     assert "… 3 more panels" in text and len(png_images(text)) == 12
 
 
 def test_terminal_plain_text_has_every_finding_and_fix(capsys):
     report = make_report()
     stream = io.StringIO()
-    render.render_terminal(report, stream)
+    render_terminal(report, stream)
     text = stream.getvalue()
     assert "\x1b[" not in text
     lines = text.splitlines()
@@ -304,6 +309,11 @@ def test_terminal_plain_text_has_every_finding_and_fix(capsys):
     assert lines[-1] == "2 pass, 2 warn, 1 fail, 3 info, 2 skip"
     report.print()  # stdout is captured, not a terminal: plain text
     assert capsys.readouterr().out == text
+
+
+def test_terminal_refuses_a_console_that_is_not_a_stream():
+    with pytest.raises(ParamError, match="console must be a rich Console, a text stream or None, got int"):
+        make_report().print(3)
 
 
 def test_terminal_uses_rich_when_given_a_console():

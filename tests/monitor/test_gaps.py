@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dltips.findings import Report
-from dltips.monitor.gaps import check_error_gaps, measure_error_gaps
+from dltips.diagnosis.report import Report
+from dltips.monitor.gaps import check_error_gaps, judge_error_gaps, measure_error_gaps
 from dltips.predict import LM_BASELINE_FRACTION, evenly_spaced
 from dltips.task import Task
 
@@ -30,7 +30,7 @@ CALIBRATION = [
 
 @pytest.mark.parametrize("name, errors, status, dominant", CALIBRATION, ids=[c[0] for c in CALIBRATION])
 def test_calibration(name, errors, status, dominant):
-    (f,) = check_error_gaps(*errors)
+    (f,) = judge_error_gaps(*errors)
     assert f.tip == "error-gaps"
     assert f.status == status
     assert f.evidence["dominant"] == dominant
@@ -38,29 +38,29 @@ def test_calibration(name, errors, status, dominant):
 
 
 def test_titles_name_the_dominant_problem_and_messages_carry_the_numbers():
-    (bias,) = check_error_gaps(0.5, 0.52, 0.5, 0.9)
+    (bias,) = judge_error_gaps(0.5, 0.52, 0.5, 0.9)
     assert "bias" in bias.title.lower() and "50.0%" in bias.title
     assert "bigger model" in bias.fix
-    (var,) = check_error_gaps(0.0, 0.3, None, 0.9)
+    (var,) = judge_error_gaps(0.0, 0.3, None, 0.9)
     assert "variance" in var.title.lower() and "30.0%" in var.message and "no test set" in var.message
     assert "more training data" in var.fix
-    (val,) = check_error_gaps(0.02, 0.05, 0.2, 0.9)
+    (val,) = judge_error_gaps(0.02, 0.05, 0.2, 0.9)
     assert "validation set" in val.title and "20.0%" in val.message and "5.0%" in val.message
     assert "fresh validation set" in val.fix
 
 
 def test_thresholds_follow_the_documented_rule():
     # baseline 0.9: bias limit max(0.05, 0.2 * 0.9) = 0.18, gap limits max(0.05, 0.15 * 0.9) = 0.135
-    assert check_error_gaps(0.17, 0.17, baseline_error=0.9)[0].status == "info"  # above the mild 0.09
-    assert check_error_gaps(0.19, 0.19, baseline_error=0.9)[0].status == "warn"
-    assert check_error_gaps(0.08, 0.08, baseline_error=0.9)[0].status == "pass"
-    assert check_error_gaps(0.0, 0.13, baseline_error=0.9)[0].status == "info"
-    assert check_error_gaps(0.0, 0.14, baseline_error=0.9)[0].status == "warn"
-    assert check_error_gaps(0.0, 0.06, baseline_error=0.9)[0].status == "pass"  # below the mild 0.0675
+    assert judge_error_gaps(0.17, 0.17, baseline_error=0.9)[0].status == "info"  # above the mild 0.09
+    assert judge_error_gaps(0.19, 0.19, baseline_error=0.9)[0].status == "warn"
+    assert judge_error_gaps(0.08, 0.08, baseline_error=0.9)[0].status == "pass"
+    assert judge_error_gaps(0.0, 0.13, baseline_error=0.9)[0].status == "info"
+    assert judge_error_gaps(0.0, 0.14, baseline_error=0.9)[0].status == "warn"
+    assert judge_error_gaps(0.0, 0.06, baseline_error=0.9)[0].status == "pass"  # below the mild 0.0675
     # baseline 0.1 (a rare positive class): the floor of 0.05 rules, not 0.15 * 0.1 = 0.015
-    assert check_error_gaps(0.0, 0.04, baseline_error=0.1)[0].status == "info"
-    assert check_error_gaps(0.0, 0.06, baseline_error=0.1)[0].status == "warn"
-    (f,) = check_error_gaps(0.0, 0.06, 0.06, baseline_error=0.1)
+    assert judge_error_gaps(0.0, 0.04, baseline_error=0.1)[0].status == "info"
+    assert judge_error_gaps(0.0, 0.06, baseline_error=0.1)[0].status == "warn"
+    (f,) = judge_error_gaps(0.0, 0.06, 0.06, baseline_error=0.1)
     gaps = f.evidence["gaps"]
     assert gaps["bias"]["large"] == pytest.approx(0.05) and gaps["variance"]["large"] == pytest.approx(0.05)
     assert gaps["variance"]["mild"] == pytest.approx(0.025)
@@ -68,14 +68,14 @@ def test_thresholds_follow_the_documented_rule():
 
 
 def test_without_a_baseline_error_rates_use_a_scale_of_one_half():
-    (f,) = check_error_gaps(0.09, 0.09)
+    (f,) = judge_error_gaps(0.09, 0.09)
     assert f.evidence["scale"] == 0.5 and f.evidence["gaps"]["bias"]["large"] == pytest.approx(0.1)
     assert f.status == "info"
-    assert check_error_gaps(0.11, 0.11)[0].status == "warn"
+    assert judge_error_gaps(0.11, 0.11)[0].status == "warn"
 
 
 def test_a_model_worse_than_the_baseline_is_called_so():
-    (f,) = check_error_gaps(0.95, 0.95, 0.95, 0.9)
+    (f,) = judge_error_gaps(0.95, 0.95, 0.95, 0.9)
     assert f.status == "warn" and "no better than the baseline" in f.message
 
 
@@ -90,17 +90,17 @@ def test_a_model_worse_than_the_baseline_is_called_so():
     ],
 )
 def test_regression_uses_fractions_of_the_baseline_mse(errors, status, dominant):
-    (f,) = check_error_gaps(*errors, kind="regression")
+    (f,) = judge_error_gaps(*errors, kind="regression")
     assert (f.status, f.evidence["dominant"]) == (status, dominant)
 
 
 def test_regression_without_baseline_judges_gaps_by_ratio_and_not_bias():
-    (f,) = check_error_gaps(3.0, 3.3, kind="regression")
+    (f,) = judge_error_gaps(3.0, 3.3, kind="regression")
     assert f.status == "pass" and "not judged" in f.message
     assert f.evidence["gaps"]["bias"]["level"] == "none"
-    assert check_error_gaps(3.0, 6.3, kind="regression")[0].status == "warn"  # valid > 2 x train
-    assert check_error_gaps(3.0, 4.5, kind="regression")[0].status == "info"  # valid > 4/3 x train
-    assert check_error_gaps(3.0, 3.2, 7.0, kind="regression")[0].evidence["dominant"] == "valid_overfit"
+    assert judge_error_gaps(3.0, 6.3, kind="regression")[0].status == "warn"  # valid > 2 x train
+    assert judge_error_gaps(3.0, 4.5, kind="regression")[0].status == "info"  # valid > 4/3 x train
+    assert judge_error_gaps(3.0, 3.2, 7.0, kind="regression")[0].evidence["dominant"] == "valid_overfit"
 
 
 # (train, valid, test, baseline) of language models on the charlm corpus after 300 AdamW steps
@@ -115,23 +115,23 @@ LM_CALIBRATION = [
 
 @pytest.mark.parametrize("name, errors, status", LM_CALIBRATION, ids=[c[0] for c in LM_CALIBRATION])
 def test_language_model_bias_is_read_against_the_baseline_not_zero(name, errors, status):
-    (f,) = check_error_gaps(*errors, kind="language-model")
+    (f,) = judge_error_gaps(*errors, kind="language-model")
     assert f.status == status, f.message
     assert "not against zero" in f.message
     assert f.evidence["gaps"]["bias"]["large"] == pytest.approx(LM_BASELINE_FRACTION * errors[3])
     if status == "warn":
         assert f.evidence["dominant"] == "bias" and "beyond the tokens' frequencies" in f.message
     # the same errors for a classifier are judged against zero
-    assert check_error_gaps(*errors, kind="classification")[0].evidence["dominant"] == "bias"
+    assert judge_error_gaps(*errors, kind="classification")[0].evidence["dominant"] == "bias"
 
 
 def test_language_model_bias_is_never_mild_and_other_gaps_are_judged_as_usual():
     limit = LM_BASELINE_FRACTION * 0.8
-    assert check_error_gaps(limit - 0.001, limit, 0.76, 0.8, kind="language-model")[0].status == "pass"
-    assert check_error_gaps(limit + 0.001, limit, 0.76, 0.8, kind="language-model")[0].status == "warn"
-    (overfit,) = check_error_gaps(0.3, 0.6, 0.6, 0.8, kind="language-model")
+    assert judge_error_gaps(limit - 0.001, limit, 0.76, 0.8, kind="language-model")[0].status == "pass"
+    assert judge_error_gaps(limit + 0.001, limit, 0.76, 0.8, kind="language-model")[0].status == "warn"
+    (overfit,) = judge_error_gaps(0.3, 0.6, 0.6, 0.8, kind="language-model")
     assert overfit.evidence["dominant"] == "variance" and overfit.status == "warn"
-    (no_baseline,) = check_error_gaps(0.7, 0.71, kind="language-model")
+    (no_baseline,) = judge_error_gaps(0.7, 0.71, kind="language-model")
     assert no_baseline.evidence["gaps"]["bias"]["large"] is None and "most frequent token" in no_baseline.message
 
 
@@ -147,15 +147,15 @@ def test_language_model_bias_is_never_mild_and_other_gaps_are_judged_as_usual():
 )
 def test_bad_inputs_raise_clear_errors(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        check_error_gaps(*args, **kwargs)
+        judge_error_gaps(*args, **kwargs)
 
 
 def test_regression_errors_may_exceed_one():
-    assert check_error_gaps(8.0, 9.0, 9.0, 100.0, kind="regression")[0].status == "pass"
+    assert judge_error_gaps(8.0, 9.0, 9.0, 100.0, kind="regression")[0].status == "pass"
 
 
 def test_evidence_is_json_and_holds_errors_gaps_and_thresholds():
-    (f,) = check_error_gaps(0.0, 0.3, 0.31, 0.9)
+    (f,) = judge_error_gaps(0.0, 0.3, 0.31, 0.9)
     report = Report(task={"name": "t"}, findings=[f])
     data = json.loads(report.to_json())["findings"][0]["evidence"]
     assert data["errors"] == {"train": 0.0, "valid": 0.3, "test": 0.31, "baseline": 0.9}
@@ -208,7 +208,7 @@ def lookup_task(n_train=3000, n_valid=200, n_test=100, wrong_train=lambda i: Fal
 def test_measure_error_gaps_measures_each_split():
     # wrong on the first half of the training set, on a quarter of valid and test (every 4th item)
     task = lookup_task(wrong_train=lambda i: i < 1500, wrong_eval=lambda i: i % 4 == 0)
-    (f,) = measure_error_gaps(task.model, task)
+    (f,) = check_error_gaps(task, model=task.model)
     errors = f.evidence["errors"]
     assert errors["train"] == pytest.approx(0.5, abs=1e-3)  # 2000 evenly spaced of 3000 items
     assert errors["valid"] == pytest.approx(50 / 200) and errors["test"] == pytest.approx(25 / 100)
@@ -222,7 +222,7 @@ def test_measure_error_gaps_healthy_model_passes_and_model_is_untouched():
     task = lookup_task(n_train=500, wrong_eval=lambda i: i % 50 == 0)
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     task.model.train()
-    (f,) = measure_error_gaps(task.model, task)
+    (f,) = check_error_gaps(task, model=task.model)
     assert f.status == "pass"
     assert f.evidence["errors"]["train"] == 0.0 and f.evidence["errors"]["valid"] == pytest.approx(4 / 200)
     assert task.model.training
@@ -232,16 +232,35 @@ def test_measure_error_gaps_healthy_model_passes_and_model_is_untouched():
 def test_measure_error_gaps_without_test_set():
     task = lookup_task(n_train=300)
     task.test = None
-    (f,) = measure_error_gaps(task.model, task)
+    (f,) = check_error_gaps(task, model=task.model)
     assert f.evidence["errors"]["test"] is None and f.evidence["n_items"]["test"] == 0
     assert f.evidence["gaps"]["valid_overfit"]["value"] is None
 
 
 def test_a_gap_within_sampling_noise_is_not_called_large():
     # valid - train = 0.20 > the fixed limit 0.15 * 1.0, but the validation estimate is noisy (SE 0.12)
-    noisy = check_error_gaps(0.10, 0.30, None, 1.0, kind="regression", standard_errors={"train": 0.02, "valid": 0.12})
+    noisy = judge_error_gaps(0.10, 0.30, None, 1.0, kind="regression", standard_errors={"train": 0.02, "valid": 0.12})
     gap = noisy[0].evidence["gaps"]["variance"]
     assert gap["large"] == pytest.approx(2 * math.hypot(0.02, 0.12))
     assert gap["level"] == "mild" and noisy[0].status == "info"
-    precise = check_error_gaps(0.10, 0.30, None, 1.0, kind="regression", standard_errors={"train": 0.01, "valid": 0.02})
+    precise = judge_error_gaps(0.10, 0.30, None, 1.0, kind="regression", standard_errors={"train": 0.01, "valid": 0.02})
     assert precise[0].evidence["gaps"]["variance"]["level"] == "large" and precise[0].status == "warn"
+
+
+def test_measure_error_gaps_returns_the_errors_that_check_error_gaps_judges():
+    task = lookup_task(n_train=300, wrong_eval=lambda i: i % 4 == 0)
+    gaps = measure_error_gaps(task, max_items=50)
+    assert gaps.n_items["train"] == 50 and gaps.n_items["valid"] == len(task.valid)
+    (f,) = check_error_gaps(task, max_items=50)
+    assert f.evidence["errors"] == {"train": gaps.train_error, "valid": gaps.valid_error, "test": gaps.test_error,
+                                    "baseline": gaps.baseline_error}
+
+
+def test_the_old_call_forms_still_work_and_warn():
+    task = lookup_task(n_train=300, wrong_eval=lambda i: i % 4 == 0)
+    with pytest.warns(DeprecationWarning, match="judge_error_gaps"):
+        (old,) = check_error_gaps(0.5, 0.52, 0.5, 0.9)
+    assert old.to_dict() == judge_error_gaps(0.5, 0.52, 0.5, 0.9)[0].to_dict()
+    with pytest.warns(DeprecationWarning, match="check_error_gaps"):
+        (f,) = measure_error_gaps(task.model, task)
+    assert f.evidence["errors"] == check_error_gaps(task)[0].evidence["errors"]

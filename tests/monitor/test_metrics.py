@@ -12,19 +12,17 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from dltips import Finding, Recipe, Task, evaluate, fit
-from dltips.monitor.metrics import (
-    COST_Z,
-    DIVERGENCE_Z,
+from dltips.monitor.curves import spearman
+from dltips.monitor.metrics import COST_Z, DIVERGENCE_Z, MetricTracker
+from dltips.monitor.metrics import higher_is_better as direction
+from dltips.monitor.scores import (
     KIND_METRICS,
-    MetricTracker,
     add_sums,
     metric_sums,
     metrics_from_sums,
     reduce_sums,
-    spearman,
     zero_sums,
 )
-from dltips.monitor.metrics import higher_is_better as direction
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

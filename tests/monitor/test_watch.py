@@ -13,8 +13,8 @@ from torch import nn
 
 from dltips import Watch, watch
 from dltips.monitor import stats
+from dltips.monitor.samples import rebin
 from dltips.monitor.sinks import MemorySink
-from dltips.monitor.watch import rebin
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BINS = 8

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dltips import MemorySink, MetricTracker, NonFiniteLossError, Recipe, Watch, fit
+from dltips import MetricTracker, NonFiniteLossError, Recipe, Watch, fit
+from dltips.monitor.sinks import MemorySink
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from synthetic import blobs, make_task, mlp  # noqa: E402

@@ -205,13 +205,13 @@ BROKEN = {
 
 def measurements(w) -> dict[str, float]:
     """The numbers the verdicts compare with their thresholds, for the calibration table."""
-    from dltips.monitor.verdicts import _late, _layer_median, _layers
+    from dltips.monitor.verdicts import late_samples, layer_median, layer_names
 
-    late, first = _late(w.samples), w.samples[:1]
-    dead = [_layer_median(late, layer, "dead") for layer in _layers(w.samples)]
-    sat = [_layer_median(late, layer, "saturated") for layer in _layers(w.samples)]
-    dead0 = [_layer_median(first, layer, "dead") for layer in _layers(w.samples)]
-    sat0 = [_layer_median(first, layer, "saturated") for layer in _layers(w.samples)]
+    late, first = late_samples(w.samples), w.samples[:1]
+    dead = [layer_median(late, layer, "dead") for layer in layer_names(w.samples)]
+    sat = [layer_median(late, layer, "saturated") for layer in layer_names(w.samples)]
+    dead0 = [layer_median(first, layer, "dead") for layer in layer_names(w.samples)]
+    sat0 = [layer_median(first, layer, "saturated") for layer in layer_names(w.samples)]
     ratios, peaks = [], []
     for parameter, shape in w.shapes.items():
         values = [s.updates[parameter] for s in w.samples if parameter in s.updates and len(shape) >= 2]

@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 
 from dltips.data.toys import messy_categories
-from dltips.tabular.categoricals import (
-    MISSING,
-    RARE,
-    RESERVED,
-    UNKNOWN,
-    CategoryEncoder,
-    _edit_distance,
-    check_categoricals,
-    normalize,
-    similarity,
-)
+from dltips.tabular.categoricals import check_categoricals
+from dltips.tabular.encoder import MISSING, RARE, RESERVED, UNKNOWN, CategoryEncoder
+from dltips.tabular.similarity import edit_distance, normalize, similarity
 
 # A hand-made column: each spelling's group was decided by reading it.
 COLUMN = (["Main Street"] * 6 + ["main street "] * 2 + ["Main St."] * 2 + ["Mian Street"]
@@ -51,16 +43,16 @@ def _osa_reference(a: str, b: str) -> int:
 
 
 def test_edit_distance_matches_reference_and_known_values():
-    assert _edit_distance("kitten", "sitting") == 3
-    assert _edit_distance("abcd", "acbd") == 1  # one swap
-    assert _edit_distance("ca", "abc") == 3  # OSA, not unrestricted Damerau (2)
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance("abcd", "acbd") == 1  # one swap
+    assert edit_distance("ca", "abc") == 3  # OSA, not unrestricted Damerau (2)
     rng = np.random.default_rng(0)
     for _ in range(200):
         a = "".join(rng.choice(list("abc"), size=rng.integers(0, 7)))
         b = "".join(rng.choice(list("abc"), size=rng.integers(0, 7)))
-        assert _edit_distance(a, b) == _osa_reference(a, b), (a, b)
+        assert edit_distance(a, b) == _osa_reference(a, b), (a, b)
         for limit in (0, 1, 2):  # the early exit says "more than limit" exactly when it is
-            assert _edit_distance(a, b, limit) == min(_osa_reference(a, b), limit + 1), (a, b, limit)
+            assert edit_distance(a, b, limit) == min(_osa_reference(a, b), limit + 1), (a, b, limit)
 
 
 def test_similarity_rules():
@@ -235,7 +227,7 @@ def test_close_but_distinct_categories_are_listed_for_review_without_a_warning()
     pairs = encoder.near_duplicates()
     assert [(p["a"], p["b"]) for p in pairs] == [("North Park Drive", "North Park Road")]
     assert similarity("north park drive", "north park road") == 0.0  # one word differs: never merged
-    relaxed = (1 + 1 + 1 - _edit_distance("drive", "road") / 5) / 3
+    relaxed = (1 + 1 + 1 - edit_distance("drive", "road") / 5) / 3
     assert pairs[0]["similarity"] == pytest.approx(relaxed, abs=1e-4)
     finding = check_categoricals(train, train, encoder=encoder)[0]
     assert finding.status == "pass" and "North Park Road" in finding.message

@@ -9,7 +9,7 @@ from dltips import CategoryEncoder, TabularModel, check_embedding_sizes, emb_siz
 from dltips.data.toys import CATEGORIES
 from dltips.demos.digits import digits_task
 from dltips.demos.tabular import tabular_data, tabular_task
-from dltips.tabular.categoricals import check_task_categoricals
+from dltips.tabular.categoricals import check_categoricals
 from dltips.tabular.categoricals import tabular_data as data_of
 
 
@@ -21,12 +21,12 @@ def test_demo_task_is_a_regression_on_encoded_streets():
     assert data.encoder.n_categories_["street"] <= 3 + 10  # 8 streets (and a stray typo or two), not hundreds
     x, y = task.train[0]
     assert x["categorical"].dtype == torch.long and x["continuous"].shape == (3,)
-    assert data_of(digits_task()) is None and check_task_categoricals(digits_task()) == []
+    assert data_of(digits_task()) is None and check_categoricals(digits_task()) == []
 
 
 def test_demo_categoricals_pass_and_show_the_merges():
     task = tabular_task()
-    finding, = check_task_categoricals(task)
+    finding, = check_categoricals(task)
     assert finding.status == "pass"
     column = finding.evidence["columns"]["street"]
     assert column["raw"] > 100 and column["kept"] == column["merged"] <= 10
@@ -37,7 +37,7 @@ def test_demo_categoricals_pass_and_show_the_merges():
 
 def test_demo_with_raw_string_ids_warns():
     broken = tabular_data(encoder=CategoryEncoder(threshold=1.0, normalize_text=False))  # ordinal ids of raw strings
-    finding, = check_task_categoricals(broken.task())
+    finding, = check_categoricals(broken.task())
     assert finding.status == "warn"
     assert "inflate" in finding.message and "unknown" in finding.message  # raw spellings: many unseen in valid
     assert finding.evidence["columns"]["street"]["valid_unknown"] > 0.05

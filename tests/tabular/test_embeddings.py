@@ -67,7 +67,7 @@ def test_emb_sizes_reads_a_fitted_encoder():
 
 
 def test_emb_sizes_with_the_real_encoder():
-    from dltips.tabular.categoricals import CategoryEncoder
+    from dltips.tabular.encoder import CategoryEncoder
 
     encoder = CategoryEncoder().fit({"colour": ["red", "blue", "red", "green"]})
     n = encoder.n_categories_["colour"]

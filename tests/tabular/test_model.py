@@ -8,7 +8,7 @@ from torch import nn
 import dltips.training.fit as fit_module
 from dltips import Recipe, Task, evaluate, fit
 from dltips.data.toys import messy_categories
-from dltips.tabular.categoricals import CategoryEncoder
+from dltips.tabular.encoder import CategoryEncoder
 from dltips.tabular.model import ContinuousStats, TabularData, TabularDataset, TabularModel
 from dltips.training.mixup import MIXUP_LAM, MIXUP_PERM, Mixup
 

@@ -1,3 +1,4 @@
+import math
 import os
 import warnings
 
@@ -8,6 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from dltips.core.params import ParamError
 from dltips.training.accumulate import GradientAccumulator
 from dltips.training.precision import MixedPrecision
 
@@ -123,6 +125,11 @@ def test_misuse_is_reported():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="window"):
         GradientAccumulator(model, opt, window=0)
+    with pytest.raises(ParamError, match="window must be an int >= 1, got str"):
+        GradientAccumulator(model, opt, window="2")
+    with pytest.raises(ParamError, match="max_grad_norm"):
+        GradientAccumulator(model, opt, max_grad_norm=0.0)
+    GradientAccumulator(model, opt, max_grad_norm=math.inf)  # inf measures the norm without clipping
     acc = GradientAccumulator(model, opt, window=2)
     with pytest.raises(RuntimeError, match="micro_batch"):
         acc.backward(model(torch.randn(2, 5, dtype=torch.float64)).sum())

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 import dltips.training.fit as fit_module
 from dltips import Callback, NonFiniteLossError, Recipe, Task, evaluate, fit
+from dltips.core.params import ParamError
 from dltips.training.fit import ShardedSampler
 
 HERE = os.path.dirname(__file__)
@@ -255,6 +257,12 @@ def test_bad_arguments_are_reported():
         fit(task, recipe=Recipe(accumulate=0))
     with pytest.raises(ValueError, match="lr"):
         fit(task, recipe=Recipe(lr=-1.0))
+    with pytest.raises(ParamError, match="epochs must be an int >= 1, got str"):
+        fit(task, epochs="2")
+    with pytest.raises(ParamError, match="checkpoint_every"):
+        fit(task, checkpoint_every=0)
+    with pytest.raises(ParamError, match="recipe.mixup is not defined for language models"):
+        fit_module._make_mixup(SimpleNamespace(kind="language-model"), 0.4)
 
 
 def test_sharded_sampler_resumes_mid_epoch_and_splits_like_distributed_sampler():
@@ -329,7 +337,7 @@ def test_time_limit_stops_training_at_a_sync_and_reports_the_step():
     assert result.steps == limit.stopped_at < 50 * 4  # far fewer than the planned steps
     assert result.steps <= 0.3 / 0.02 + 4  # the sync after the deadline: at most 4 steps late
     assert result.duration_s >= 0.3
-    with pytest.raises(ValueError, match="seconds must be a positive number"):
+    with pytest.raises(ParamError, match="seconds must be a finite number > 0"):
         TimeLimit(0)
     untouched = TimeLimit(60.0)
     fit(make_task(), epochs=1, progress=False, callbacks=[untouched])

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dltips.core.params import ParamError
 from dltips.core.state import get_rng_state, set_rng_state
 from dltips.training.lr import LRFinderResult, default_lr, lr_find, scale_lr
 
@@ -85,11 +86,12 @@ def test_scale_lr_uses_effective_batch():
 @pytest.mark.parametrize(
     "args,kwargs,exc,match",
     [
-        ((0.1, 0, 32), {}, ValueError, "from_batch must be > 0"),
-        ((0.1, 32, -1), {}, ValueError, "to_batch must be > 0"),
+        ((0.1, 0, 32), {}, ParamError, "from_batch must be an int >= 1"),
+        ((0.1, "5", 32), {}, ParamError, "from_batch must be an int >= 1, got str"),
+        ((0.1, 32, -1), {}, ParamError, "to_batch must be an int >= 1"),
         ((0.1, 32, 64.0), {}, TypeError, "to_batch must be an int"),
-        ((0.1, 32, 64), {"accumulation": 0}, ValueError, "accumulation must be > 0"),
-        ((0.1, 32, 64), {"world_size": 0}, ValueError, "world_size must be > 0"),
+        ((0.1, 32, 64), {"accumulation": 0}, ParamError, "accumulation must be an int >= 1"),
+        ((0.1, 32, 64), {"world_size": 0}, ParamError, "world_size must be an int >= 1"),
         ((0.1, 32, 64, "cubic"), {}, ValueError, "unknown rule 'cubic'.*'linear' or 'sqrt'"),
         ((0.0, 32, 64), {}, ValueError, "lr must be"),
     ],
@@ -327,10 +329,10 @@ def test_lr_find_suggestion_on_quadratic_with_known_curvature():
     [
         ({"start_lr": 1.0, "end_lr": 0.1}, ValueError, "end_lr must be > start_lr"),
         ({"start_lr": 0.0}, ValueError, "start_lr must be"),
-        ({"num_steps": 1}, ValueError, "num_steps must be >= 2"),
+        ({"num_steps": 1}, ParamError, "num_steps must be an int >= 2"),
         ({"num_steps": 10.5}, TypeError, "num_steps must be an int"),
-        ({"smooth": 1.0}, ValueError, r"smooth must be a number in \[0, 1\)"),
-        ({"diverge": 1.0}, ValueError, "diverge must be a number > 1"),
+        ({"smooth": 1.0}, ParamError, r"smooth must be a probability in \[0, 1\)"),
+        ({"diverge": 1.0}, ParamError, "diverge must be a finite number > 1"),
     ],
 )
 def test_lr_find_bad_arguments(kwargs, exc, match):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dltips.findings import Report
+from dltips.diagnosis.report import Report
 from dltips.task import Task
 from dltips.training import lr_check
 from dltips.training.lr import LRFinderResult, default_lr, make_optimizer

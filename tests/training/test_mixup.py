@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dltips.core.params import ParamError
 from dltips.training.mixup import MIXUP_LAM, MIXUP_PERM, Mixup
 
 
@@ -194,6 +195,12 @@ def test_errors():
         Mixup(alpha=0)
     with pytest.raises(ValueError, match="label_smoothing"):
         Mixup(label_smoothing=1.0)
+    with pytest.raises(ParamError, match="alpha must be a number, got str"):
+        Mixup(alpha="0.4")
+    with pytest.raises(ParamError, match="n_classes must be an int >= 1"):
+        Mixup(n_classes=0)
+    with pytest.raises(ParamError, match="generator must be a torch.Generator or None"):
+        Mixup(generator=0)
 
 
 def test_ids_model_keeps_integer_entries_and_hands_lam_and_perm_to_the_model():

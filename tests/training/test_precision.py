@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dltips.core.params import ParamError
 from dltips.training.precision import AmpPlan, MixedPrecision, amp_plan, plan_from_memory
 
 MB = 2**20
@@ -149,6 +150,12 @@ def test_bad_arguments():
         MixedPrecision("off", device_type="cpu").backward(torch.ones(3, requires_grad=True))
     with pytest.raises(ValueError, match="max_norm"):
         MixedPrecision("off", device_type="cpu").clip_grad_norm_([], 0.0, None)
+    with pytest.raises(ParamError, match="max_norm must be a number, got str"):
+        MixedPrecision("off", device_type="cpu").clip_grad_norm_([], "1", None)
+    with pytest.raises(ParamError, match="device_type must be a str"):
+        MixedPrecision("off", device_type=0)
+    with pytest.raises(ParamError, match="model has no parameters"):
+        amp_plan(nn.Identity(), torch.randn(4, 3), 64, 1e-3, 10)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             MixedPrecision("bf16", device_type="cuda")

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from dltips.core.params import ParamError
 from dltips.training.schedule import OneCycle, one_cycle_value
 
 
@@ -150,7 +151,7 @@ def test_optimizer_without_momentum_needs_moms_none():
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        ({"total_steps": 1}, ValueError, "total_steps must be >= 2"),
+        ({"total_steps": 1}, ParamError, "total_steps must be an int >= 2"),
         ({"total_steps": 10.0}, TypeError, "total_steps must be an int"),
         ({"total_steps": True}, TypeError, "total_steps must be an int"),
         ({"pct_start": 0.0}, ValueError, r"pct_start must be in \(0, 1\)"),
@@ -161,7 +162,7 @@ def test_optimizer_without_momentum_needs_moms_none():
         ({"max_lr": float("nan")}, ValueError, "max_lr must be"),
         ({"max_lr": "0.1"}, TypeError, "max_lr must be a number"),
         ({"moms": (0.9, 0.8)}, ValueError, "moms must be a sequence of 3"),
-        ({"moms": (0.9, 0.8, 1.0)}, ValueError, r"moms\[2\] must be in \[0, 1\)"),
+        ({"moms": (0.9, 0.8, 1.0)}, ParamError, r"moms\[2\] must be a probability in \[0, 1\)"),
         ({"last_epoch": 10}, ValueError, "last_epoch"),
     ],
 )

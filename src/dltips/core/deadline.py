@@ -40,9 +40,9 @@ class Deadline:
 
 
 def as_deadline(value: Any, name: str = "deadline") -> Deadline | None:
-    """None, a `Deadline`, or a number of seconds from now, as a Deadline (or None)."""
+    """None, a `Deadline`, or a positive number of seconds from now, as a Deadline (or None)."""
     if value is None or isinstance(value, Deadline):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ParamError(f"{name} must be None, a dltips Deadline or a number of seconds, got {type(value).__name__}")
-    return Deadline.after(number(name, value, 0.0))
+    return Deadline.after(number(name, value, 0.0, open_low=True))

@@ -70,6 +70,15 @@ def fraction(name: str, value: Any, *, open_low: bool = False) -> float:
     return number(name, value, 0.0, 1.0, open_low=open_low)
 
 
+def probability(name: str, value: Any) -> float:
+    """A number in [0, 1): a dropout, smoothing or momentum probability, where 1 would leave nothing."""
+    if not isinstance(value, Real) or isinstance(value, bool):
+        raise ParamError(f"{name} must be a probability in [0, 1), got {type(value).__name__} {_shown(value)}")
+    if not 0.0 <= value < 1.0:
+        raise ParamError(f"{name} must be a probability in [0, 1), got {float(value)!r}")
+    return float(value)
+
+
 def one_of(name: str, value: Any, choices: Collection[Any]) -> Any:
     """`value` if it is one of `choices`."""
     try:

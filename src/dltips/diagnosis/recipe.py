@@ -26,8 +26,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from dltips.catalog import TIPS
+from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, to_device
-from dltips.findings import Finding, Report
+from dltips.core.params import ParamError, int_at_least, positive
+from dltips.diagnosis.report import Report
+from dltips.findings import Finding
 from dltips.task import Task
 from dltips.training.lr import make_optimizer
 
@@ -61,11 +64,12 @@ class Doctor:
         for name, tips in (("only", self.only or set()), ("skip", self.skip)):
             unknown = sorted(set(tips) - set(TIPS))
             if unknown:
-                raise ValueError(f"{name}: unknown tip ids {unknown}; valid ids: {', '.join(TIPS)}")
-        if not self.budget_s > 0:
-            raise ValueError(f"budget_s must be positive, got {self.budget_s!r}")
+                raise ParamError(f"{name}: unknown tip ids {unknown}; valid ids: {', '.join(TIPS)}")
+        self.budget_s = positive("budget_s", self.budget_s)
+        self.seed = int_at_least("seed", self.seed, 0)
         self.device = resolve_device(self.device)
         self._start = time.perf_counter()
+        self.deadline = Deadline.after(self.budget_s)
 
     def wanted(self, tip: str) -> bool:
         return (self.only is None or tip in self.only) and tip not in self.skip
@@ -79,24 +83,25 @@ class Doctor:
         from dltips.data.invariance import describe_invariances
         from dltips.data.resolution import check_image_resolution
         from dltips.nlp.tying import check_weight_tying
-        from dltips.tabular.categoricals import check_task_categoricals, tabular_data
+        from dltips.tabular.categoricals import check_categoricals, tabular_data
         from dltips.tabular.embeddings import check_embedding_sizes
         from dltips.tabular.model import check_tabular_mixup
         from dltips.training.init import check_initial_loss
 
         torch.manual_seed(self.seed)
         task = dataclasses.replace(self.task, model=copy.deepcopy(self.task.model).to(self.device))
-        self.step("verify-transforms", lambda: check_inputs(task))
-        self.step("image-resolution", lambda: check_image_resolution(task))
+        common = self.common()
+        self.step("verify-transforms", lambda: check_inputs(task, **common))
+        self.step("image-resolution", lambda: check_image_resolution(task, **common))
         if tabular_data(task) is not None:
-            self.step("encode-categoricals", lambda: check_task_categoricals(task))
-            self.step("categorical-embedding-size", lambda: check_embedding_sizes(task))
-            self.step("mixup", lambda: check_tabular_mixup(task))
+            self.step("encode-categoricals", lambda: check_categoricals(task, **common))
+            self.step("categorical-embedding-size", lambda: check_embedding_sizes(task, **common))
+            self.step("mixup", lambda: check_tabular_mixup(task, **common))
         if task.kind == "language-model":
-            self.step("weight-tying", lambda: check_weight_tying(task.model))
+            self.step("weight-tying", lambda: check_weight_tying(task, **common))
         if task.augment is not None:
             self.step("augmentation-invariances", lambda: describe_invariances(task.augment))
-        self.step("initialization", lambda: check_initial_loss(task, device=self.device))
+        self.step("initialization", lambda: check_initial_loss(task, **common))
         step_s = _seconds_per_step(task, self.device)
         train_budget = max(self.budget_s - self.elapsed, 1.0) * 0.9
 
@@ -107,7 +112,7 @@ class Doctor:
         # which `step_s` measures, costs more than a rung's step on 1-32 items, and a rung cut short by a
         # derived cap would fail where one cut short by the clock only stops (charlm on one thread: 89 steps
         # with one character in 1,024 still wrong).
-        ladder_ok = self.overfit_ladder(task, LADDER_MAX_STEPS, SHARES["overfit-tiny"] * train_budget)
+        ladder_ok = self.overfit_ladder(task, LADDER_MAX_STEPS, self.deadline.within(SHARES["overfit-tiny"] * train_budget))
         if not ladder_ok:
             reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
                       "training would only restate that failure. Fix that first.")
@@ -118,30 +123,34 @@ class Doctor:
         self.lr_check(task)
         trained, valid_error = self.short_run(task, steps(SHARES["short-run"], 3000), SHARES["short-run"] * train_budget)
         self.capacity(task, steps(SHARES["overfit-then-regularize"], 2000),
-                      SHARES["overfit-then-regularize"] * train_budget, valid_error)
+                      self.deadline.within(SHARES["overfit-then-regularize"] * train_budget), valid_error)
         if trained is not None:
             from dltips.data.worst import check_worst_predictions
-            from dltips.monitor.gaps import measure_error_gaps
+            from dltips.monitor.gaps import check_error_gaps
 
-            self.step("error-gaps", lambda: measure_error_gaps(trained, task, device=self.device))
-            self.step("worst-predictions", lambda: check_worst_predictions(trained, task, device=self.device))
+            on_trained = {**common, "model": trained}
+            self.step("error-gaps", lambda: check_error_gaps(task, **on_trained))
+            self.step("worst-predictions", lambda: check_worst_predictions(task, **on_trained))
             if task.kind == "language-model":
                 from dltips.nlp.unseen import check_unseen_tokens
 
-                self.step("unseen-tokens", lambda: check_unseen_tokens(trained, task, device=self.device))
+                self.step("unseen-tokens", lambda: check_unseen_tokens(task, **on_trained))
             if task.augment is not None:
                 from dltips.data.invariance import check_label_preserving
 
-                self.step("label-preserving-augmentation", lambda: check_label_preserving(
-                    trained, task, seed=self.seed, device=self.device))
+                self.step("label-preserving-augmentation", lambda: check_label_preserving(task, **on_trained))
         return self.finish(task)
 
     def finish(self, task: Task) -> Report:
         """The checks that need no trained model and come last, then the report."""
         from dltips.data.shift import check_val_test_match
 
-        self.step("val-test-match", lambda: check_val_test_match(task, seed=self.seed, device=self.device))
+        self.step("val-test-match", lambda: check_val_test_match(task, **self.common()))
         return self.report()
+
+    def common(self) -> dict[str, Any]:
+        """The arguments every check gets from the doctor: its device, its seed and its deadline."""
+        return {"device": self.device, "seed": self.seed, "deadline": self.deadline}
 
     def step(self, tip: str, check: Callable[[], list[Finding]], label: str | None = None) -> list[Finding]:
         """Run one check (if wanted), time it, and keep its findings; a crash becomes a `skip` finding."""
@@ -161,17 +170,17 @@ class Doctor:
         self.findings.extend(found)
         return found
 
-    def overfit_ladder(self, task: Task, max_steps: int, budget_s: float) -> bool:
+    def overfit_ladder(self, task: Task, max_steps: int, deadline: Deadline) -> bool:
         from dltips.training.overfit import check_overfit_tiny
 
         found = self.step("overfit-tiny", lambda: check_overfit_tiny(
-            task, max_steps=max_steps, budget_s=budget_s, seed=self.seed, device=self.device))
+            task, **{**self.common(), "deadline": deadline}, max_steps=max_steps))
         return not any(f.status == "fail" for f in found)
 
     def lr_check(self, task: Task) -> None:
         from dltips.training.lr_check import check_lr
 
-        self.step("default-lr", lambda: check_lr(task, device=self.device, seed=self.seed))
+        self.step("default-lr", lambda: check_lr(task, **self.common()))
 
     def short_run(self, task: Task, max_steps: int, budget_s: float) -> tuple[torch.nn.Module | None, float | None]:
         """Train a fresh copy at the Task's own settings, watched by the monitors.
@@ -228,12 +237,11 @@ class Doctor:
                                  f"The monitor raised {type(e).__name__}: {e}. Run with --debug for the traceback.")]
             self.findings.extend(f for f in found if self.wanted(f.tip))
 
-    def capacity(self, task: Task, max_steps: int, budget_s: float, valid_error: float | None) -> None:
-        from dltips.training.overfit import check_capacity
+    def capacity(self, task: Task, max_steps: int, deadline: Deadline, valid_error: float | None) -> None:
+        from dltips.training.capacity import check_capacity
 
         self.step("overfit-then-regularize", lambda: check_capacity(
-            task, max_steps=max_steps, budget_s=budget_s, seed=self.seed, device=self.device,
-            valid_error=valid_error))
+            task, **{**self.common(), "deadline": deadline}, max_steps=max_steps, valid_error=valid_error))
 
     def say(self, text: str) -> None:
         if self.progress:

@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltips.findings import Finding, Report
+from dltips.core.params import ParamError
+from dltips.diagnosis.report import Report
+from dltips.findings import Finding
 from dltips.integrations.session import (
     Forward,
     Session,
@@ -149,12 +151,12 @@ def _in_precision(trainer: Any, forward: Forward) -> Forward:
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise TypeError(f"DltipsCallback({name}=...) must be True or False, got {value!r}")
+        raise ParamError(f"DltipsCallback({name}=...) must be True or False, got {value!r}")
 
 
 def _check_callable(name: str, value: Any) -> None:
     if value is not None and not callable(value):
-        raise TypeError(f"DltipsCallback({name}=...) must be a function or None, got {type(value).__name__}")
+        raise ParamError(f"DltipsCallback({name}=...) must be a function or None, got {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------- the callback
@@ -202,7 +204,7 @@ class _Hooks:
         _check_callable("split_batch", split_batch)
         _check_callable("forward", forward)
         if objective is not None and (not isinstance(objective, str) or validation_name(objective) is None):
-            raise ValueError(f"DltipsCallback(objective=...) must name a validation metric dltips reads "
+            raise ParamError(f"DltipsCallback(objective=...) must name a validation metric dltips reads "
                              f"(e.g. 'val_acc', 'val_f1', 'val_mae'; see validation_name), got {objective!r}")
         self.logger_sink = LightningLoggerSink() if log_to_lightning else None
         all_sinks = resolve_sinks(sinks) + ([self.logger_sink] if self.logger_sink is not None else [])

@@ -28,8 +28,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dltips.core.device import model_device, to_device
+from dltips.core.params import ParamError
 from dltips.core.state import modes_kept
-from dltips.findings import Finding, Report
+from dltips.diagnosis.report import Report
+from dltips.findings import Finding
 from dltips.monitor.metrics import MIN_EVALUATIONS, MetricTracker, higher_is_better
 from dltips.monitor.watch import DEFAULT_EVERY, Watch
 from dltips.task import KINDS, Task
@@ -65,7 +67,7 @@ def plain_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
             break
         optimizer = inner
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"dltips watches a torch.optim.Optimizer (or a wrapper around one), got {type(optimizer).__name__}")
+        raise ParamError(f"dltips watches a torch.optim.Optimizer (or a wrapper around one), got {type(optimizer).__name__}")
     return optimizer
 
 
@@ -110,9 +112,9 @@ class Session:
         print_report: bool = True,
     ):
         if kind is not None and kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)} or None (inferred), got {kind!r}")
+            raise ParamError(f"kind must be one of {', '.join(KINDS)} or None (inferred), got {kind!r}")
         if not isinstance(checks, bool):
-            raise TypeError(f"checks must be True or False, got {checks!r}")
+            raise ParamError(f"checks must be True or False, got {checks!r}")
         self.watch = Watch(every=every, sinks=sinks)
         self.tracker = MetricTracker(objective=objective, higher_is_better=dict(higher_is_better or {}))
         self.checks, self.html, self.json, self.name = checks, html, json, name
@@ -151,7 +153,7 @@ class Session:
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
                     torch.no_grad(), modes_kept(model):
                 task = batch_task(model, x, y, forward, self.kind, self.n_classes)
-                found = check_initial_loss(task) + check_inputs(task, n_items=len(task.train))
+                found = check_initial_loss(task) + check_inputs(task, max_items=len(task.train))
         except Exception as error:  # a check never stops training: it says why it could not run
             found = [Finding("initialization", "skip", "The first batch could not be checked",
                              f"{type(error).__name__}: {error}",

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltips.findings import Report
+from dltips.diagnosis.report import Report
 from dltips.integrations.session import Session, call_model, items_in, output_field, plain_optimizer, validation_metrics
 from dltips.monitor.watch import DEFAULT_EVERY
 from dltips.task import IGNORE_INDEX

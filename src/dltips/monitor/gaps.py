@@ -45,12 +45,17 @@ picked on 20 items is optimistic by 0.147, just past the 0.135 threshold.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from numbers import Real
+from typing import Any
 
 import torch
 from torch import nn
 
+from dltips.core.checks import check_args
+from dltips.core.deadline import Deadline
+from dltips.core.params import ParamError, number, one_of, optional_int
 from dltips.findings import Finding
 from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate, evenly_spaced, predict, standard_error
 from dltips.task import KINDS, Task
@@ -105,7 +110,51 @@ class Gap:
         return self.value / self.large
 
 
+@dataclass
+class ErrorGaps:
+    """The errors a trained model makes on each split, with their standard errors: what `judge_error_gaps` reads."""
+
+    train_error: float
+    valid_error: float
+    test_error: float | None
+    baseline_error: float
+    standard_errors: dict[str, float]
+    n_items: dict[str, int]
+
+
 def check_error_gaps(
+    task: Task,
+    *args: Any,
+    model: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    **kwargs: Any,
+) -> list[Finding]:
+    """The three error gaps of a trained `model` (default `task.model`) on the Task's splits; one Finding.
+
+    Measures the errors (`measure_error_gaps`) and reads the gaps (`judge_error_gaps`). The check
+    draws no random numbers; `seed` and `deadline` are accepted for the common check signature.
+    The old form `check_error_gaps(train_error, valid_error, ...)` still works for one release
+    (a DeprecationWarning): it is now `judge_error_gaps`.
+    """
+    if isinstance(task, Real):
+        warnings.warn("check_error_gaps(train_error, valid_error, ...) is deprecated; use judge_error_gaps(...) "
+                      "for errors you measured, or check_error_gaps(task, model=...)", DeprecationWarning, stacklevel=2)
+        return judge_error_gaps(task, *args, **kwargs)
+    if args or kwargs:
+        raise TypeError(f"check_error_gaps(task, ...) takes keyword options model, device, seed, max_items and "
+                        f"deadline only, got {len(args)} more positional and {sorted(kwargs)}")
+    check_args(seed, max_items, deadline)
+    gaps = measure_error_gaps(task, model=model, device=device, max_items=max_items)
+    findings = judge_error_gaps(gaps.train_error, gaps.valid_error, gaps.test_error, gaps.baseline_error,
+                                kind=task.kind, standard_errors=gaps.standard_errors)
+    findings[0].evidence["n_items"] = dict(gaps.n_items)
+    return findings
+
+
+def judge_error_gaps(
     train_error: float,
     valid_error: float,
     test_error: float | None = None,
@@ -125,8 +174,7 @@ def check_error_gaps(
     Measured on the diabetes set (73 validation items), a regularised MLP showed
     validation MSE 0.55 against test 0.38: sampling noise, not overfitting.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    one_of("kind", kind, KINDS)
     rate = kind != "regression"
     errors = {"train": train_error, "valid": valid_error, "test": test_error, "baseline": baseline_error}
     for name, value in errors.items():
@@ -184,41 +232,53 @@ def check_error_gaps(
 
 
 def measure_error_gaps(
-    model: nn.Module,
     task: Task,
+    *args: Any,
+    model: nn.Module | None = None,
     device: torch.device | str | None = None,
-    *,
-    max_train_items: int = MAX_TRAIN_ITEMS,
-) -> list[Finding]:
-    """Measure the errors of a trained `model` on the Task's splits, then `check_error_gaps`.
+    max_items: int | None = None,
+    **kwargs: Any,
+) -> ErrorGaps:
+    """The errors of a trained `model` (default `task.model`) on the Task's splits.
 
-    The training error is measured on at most `max_train_items` evenly spaced
-    training items; the baseline is the trivial predictor fitted on those
-    items' targets and scored on the validation set.
+    The training error is measured on at most `max_items` (default `MAX_TRAIN_ITEMS`) evenly
+    spaced training items; validation and test are read whole; the baseline is the trivial
+    predictor fitted on those training items' targets and scored on the validation set.
+    The old form `measure_error_gaps(model, task, device)` returned Findings; it still does for
+    one release, with a DeprecationWarning (use `check_error_gaps(task, model=model)`).
     """
+    if isinstance(task, nn.Module):
+        warnings.warn("measure_error_gaps(model, task, ...) is deprecated; use check_error_gaps(task, model=model) "
+                      "for the verdict, measure_error_gaps(task, model=model) for the errors",
+                      DeprecationWarning, stacklevel=2)
+        model, task = task, args[0]
+        device = args[1] if len(args) > 1 else device
+        return check_error_gaps(task, model=model, device=device, max_items=kwargs.get("max_train_items", max_items))
+    if args or kwargs:
+        raise TypeError(f"measure_error_gaps(task, ...) takes keyword options model, device and max_items only, "
+                        f"got {len(args)} more positional and {sorted(kwargs)}")
+    max_items = optional_int("max_items", max_items) or MAX_TRAIN_ITEMS
+    model = model if model is not None else task.model
     n = len(task.train)
-    train_idx = evenly_spaced(n, max_train_items)
-    train = predict(model, task, task.train, indices=train_idx, device=device)
+    train = predict(model, task, task.train, indices=evenly_spaced(n, max_items), device=device)
     valid = predict(model, task, task.valid, device=device)
     test = predict(model, task, task.test, device=device) if task.test is not None else None
-    errors = {
-        "train_error": error_rate(task.kind, train.outputs, train.targets),
-        "valid_error": error_rate(task.kind, valid.outputs, valid.targets),
-        "test_error": error_rate(task.kind, test.outputs, test.targets) if test is not None else None,
-        "baseline_error": baseline_error(task.kind, train.targets, valid.targets),
-    }
     splits = {"train": train, "valid": valid, "test": test}
-    noise = {name: standard_error(task.kind, p.outputs, p.targets) for name, p in splits.items() if p is not None}
-    findings = check_error_gaps(**errors, kind=task.kind, standard_errors=noise)
-    findings[0].evidence["n_items"] = {"train": len(train), "train_total": n, "valid": len(valid),
-                                       "test": len(test) if test is not None else 0}
-    return findings
+    return ErrorGaps(
+        train_error=error_rate(task.kind, train.outputs, train.targets),
+        valid_error=error_rate(task.kind, valid.outputs, valid.targets),
+        test_error=error_rate(task.kind, test.outputs, test.targets) if test is not None else None,
+        baseline_error=baseline_error(task.kind, train.targets, valid.targets),
+        standard_errors={name: standard_error(task.kind, p.outputs, p.targets) for name, p in splits.items()
+                         if p is not None},
+        n_items={"train": len(train), "train_total": n, "valid": len(valid), "test": len(test) if test is not None else 0},
+    )
+
 
 def _check_error(name: str, value: object, rate: bool) -> None:
-    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    value = number(name, value, 0.0)
     if rate and value > 1:
-        raise ValueError(f"{name} must be an error rate in [0, 1] (1 - accuracy), got {value!r}")
+        raise ParamError(f"{name} must be an error rate in [0, 1] (1 - accuracy), got {value!r}")
 
 
 def _scale(baseline: float | None, rate: bool) -> float | None:

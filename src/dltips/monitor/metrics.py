@@ -1,12 +1,8 @@
-"""Validation metrics that stream across batches and ranks, and a tracker that reads their curves.
+"""A tracker that records the validation metrics of each evaluation and reads their curves.
 
-`metric_sums` turns one batch into sums that add up across batches and across
-processes (a confusion matrix, true/false positive counts, error sums), kept on
-the device; `metrics_from_sums` turns the totals into the kind's metrics, with
-scikit-learn's definitions. `evaluate` (and so `fit`) uses both, with one
-all-reduce of one packed tensor per evaluation.
-
-`MetricTracker` records the metrics of each evaluation and reports two tips:
+`MetricTracker` records the metrics of each evaluation (the sums behind them are
+in `dltips.monitor.scores`, the statistics over their curves in
+`dltips.monitor.curves`) and reports two tips:
 
 - `metric-divergence`: metrics that moved together and then parted (accuracy up
   while balanced accuracy falls; validation loss up while accuracy rises), with
@@ -38,17 +34,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from numbers import Integral
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from dltips.core.callbacks import Callback, FitState
+from dltips.core.params import int_at_least, optional_int
 from dltips.findings import Finding
-from dltips.task import IGNORE_INDEX, KINDS, count_items
+from dltips.monitor.curves import Curves, curve_noise, divergence_statistics, loss_agreement
+from dltips.task import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from dltips.task import Task
@@ -56,14 +52,6 @@ if TYPE_CHECKING:
 TIP_DIVERGENCE = "metric-divergence"
 TIP_LOGLOSS = "logloss-downstream"
 
-# The metrics of each kind, in the order `metrics_from_sums` returns them.
-KIND_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("loss", "accuracy", "balanced_accuracy", "macro_f1"),
-    "binary": ("loss", "accuracy", "balanced_accuracy", "f1", "precision", "recall"),
-    "multilabel": ("loss", "accuracy", "macro_f1"),
-    "regression": ("loss", "rmse", "mae", "mape"),
-    "language-model": ("loss", "perplexity", "accuracy"),
-}
 HIGHER_IS_BETTER: dict[str, bool] = {
     "loss": False, "accuracy": True, "balanced_accuracy": True, "macro_f1": True, "f1": True,
     "precision": True, "recall": True, "rmse": False, "mae": False, "mape": False, "perplexity": False,
@@ -72,10 +60,6 @@ PROPORTIONS = frozenset({"accuracy", "balanced_accuracy", "macro_f1", "f1", "pre
 PREFIXES = ("valid_", "train_", "test_")
 # The objective assumed when none is declared: the first of these that was recorded.
 DEFAULT_OBJECTIVES = ("balanced_accuracy", "macro_f1", "mae", "accuracy")
-MAPE_EPSILON = float(np.finfo(np.float64).eps)  # as sklearn.metrics.mean_absolute_percentage_error
-# Above this many classes a classification keeps per-class counts (true, predicted, hits) instead of
-# the n_classes x n_classes confusion matrix: the same metrics, in memory linear in the classes.
-MAX_CONFUSION_CLASSES = 1024
 
 # Thresholds (calibrated, see the module docstring and docs/calibration.md).
 DIVERGENCE_Z = 3.0  # each metric's move after the parting point, in noise units
@@ -84,149 +68,6 @@ TOGETHER_Z = 1.0  # it had first improved by this many noise units: the metrics 
 COST_Z = 3.0  # choosing by loss costs the objective this many noise units ...
 COST_SHARE = 0.10  # ... and this share of the objective's range over the run
 MIN_EVALUATIONS = 3
-
-
-# ----------------------------------------------------------------------------- streaming sums
-
-
-def sum_shapes(kind: str, n_classes: int | None = None) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of the sums `metric_sums` returns for `kind`."""
-    _check_kind(kind)
-    if kind in ("classification", "multilabel") and (not isinstance(n_classes, int) or n_classes < 1):
-        what = "classes" if kind == "classification" else "labels"
-        raise ValueError(f"kind {kind!r} needs n_classes (the number of {what}) as a positive int, got {n_classes!r}")
-    base: dict[str, tuple[int, ...]] = {"items": (), "loss": ()}
-    if kind == "classification":
-        if n_classes <= MAX_CONFUSION_CLASSES:
-            return base | {"confusion": (n_classes, n_classes)}
-        return base | {"true": (n_classes,), "predicted": (n_classes,), "hits": (n_classes,)}
-    if kind == "binary":
-        return base | {"tp": (), "fp": (), "fn": (), "tn": ()}
-    if kind == "multilabel":
-        return base | {"correct": (), "labels": (), "tp": (n_classes,), "fp": (n_classes,), "fn": (n_classes,)}
-    if kind == "regression":
-        return base | {"values": (), "abs_error": (), "sq_error": (), "pct_error": ()}
-    return base | {"correct": (), "labels": ()}
-
-
-def zero_sums(kind: str, n_classes: int | None = None, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Sums of no batch at all (float64 zeros): the start of a running total, also on a rank with no data."""
-    shapes = sum_shapes(kind, n_classes)
-    return {k: torch.zeros(shape, dtype=torch.float64, device=device) for k, shape in shapes.items()}
-
-
-def metric_sums(kind: str, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
-                n_classes: int | None = None) -> dict[str, torch.Tensor]:
-    """One batch's additive sums for the metrics of `kind`, as float64 tensors on the batch's device.
-
-    `loss` is the batch's mean loss (over items; over counted tokens for a
-    language model). The values add up across batches and ranks, so the metrics
-    of a whole dataset are `metrics_from_sums(kind, sum of every batch's sums)`.
-    Nothing is read back to the host. `n_classes` defaults to the output's
-    class (or label) dimension.
-    """
-    _check_kind(kind)
-    output, loss = output.detach(), loss.detach()
-    n = _count(count_items(kind, target), output.device)
-    # a batch with nothing counted (every token ignored) has a NaN mean loss and adds nothing
-    sums = {"items": n, "loss": torch.where(n > 0, loss.double() * n, torch.zeros_like(n))}
-    if kind == "classification":
-        sums |= _class_counts(output, target, n_classes)
-    elif kind == "binary":
-        predicted, truth = output.reshape(target.shape) > 0, target > 0.5
-        for name, p, t in (("tp", True, True), ("fp", True, False), ("fn", False, True), ("tn", False, False)):
-            sums[name] = ((predicted == p) & (truth == t)).sum().double()
-    elif kind == "multilabel":
-        predicted, truth = _labels_last(output > 0, n_classes), _labels_last(target > 0.5, n_classes)
-        sums["correct"] = (predicted == truth).sum().double()
-        sums["labels"] = _count(truth.numel(), output.device)
-        sums["tp"] = (predicted & truth).sum(0).double()
-        sums["fp"] = (predicted & ~truth).sum(0).double()
-        sums["fn"] = (~predicted & truth).sum(0).double()
-    elif kind == "regression":
-        y = target.double()
-        error = output.reshape(target.shape).double() - y
-        sums["values"] = _count(y.numel(), output.device)
-        sums["abs_error"] = error.abs().sum()
-        sums["sq_error"] = error.pow(2).sum()
-        sums["pct_error"] = (error.abs() / y.abs().clamp_min(MAPE_EPSILON)).sum()
-    else:  # language model: next-token accuracy over the counted tokens
-        counted = target != IGNORE_INDEX
-        sums["correct"] = ((output.argmax(-1) == target) & counted).sum().double()
-        sums["labels"] = counted.sum().double()
-    return sums
-
-
-def _count(n: int | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A count as a float64 scalar on `device`, filled there (no copy from the host, no sync)."""
-    if isinstance(n, torch.Tensor):
-        return n.to(device=device, dtype=torch.float64)
-    return torch.full((), float(n), dtype=torch.float64, device=device)
-
-
-def add_sums(total: dict[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add `batch` into `total` in place (same names and shapes) and return `total`."""
-    if total.keys() != batch.keys():
-        raise ValueError(f"cannot add sums with names {sorted(batch)} to sums with names {sorted(total)}")
-    for name, value in batch.items():
-        total[name] += value
-    return total
-
-
-def reduce_sums(sums: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum `sums` over all processes with one all-reduce of one packed tensor; the result is on the CPU.
-
-    Without an initialised process group (or with one process) the sums are only moved to the CPU.
-    """
-    names = list(sums)
-    shapes = [tuple(sums[k].shape) for k in names]
-    packed = torch.cat([sums[k].reshape(-1).to(torch.float64) for k in names])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(packed)
-    pieces = packed.cpu().split([math.prod(s) for s in shapes])
-    return {k: p.reshape(s) for k, p, s in zip(names, pieces, shapes)}
-
-
-def metrics_from_sums(kind: str, sums: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The metrics of `kind` from summed `metric_sums`, each name preceded by `prefix` (e.g. "valid_").
-
-    Definitions follow scikit-learn: balanced accuracy is the mean recall over
-    the classes present in the targets; macro-F1 (classification) averages over
-    the classes present in the targets or the predictions; multilabel macro-F1
-    averages over every label; a precision, recall or F1 with a zero
-    denominator is 0; MAPE divides by max(|y|, float64 eps). With no items a
-    metric is NaN.
-    """
-    _check_kind(kind)
-    needed = set(sum_shapes(kind, 1))
-    if kind == "classification" and "confusion" not in sums:
-        needed = set(sum_shapes(kind, MAX_CONFUSION_CLASSES + 1))
-    if not needed <= set(sums):
-        raise ValueError(f"sums for kind {kind!r} need the names {sorted(needed)}; got {sorted(sums)} "
-                         "(make them with metric_sums for the same kind)")
-    s = {k: torch.as_tensor(v, dtype=torch.float64).cpu() for k, v in sums.items()}
-    metrics = {"loss": _ratio(_item(s["loss"]), _item(s["items"]))}
-    if kind == "classification" and "confusion" in s:
-        confusion = s["confusion"]
-        metrics |= _class_metrics(confusion.sum(1), confusion.sum(0), confusion.diagonal())
-    elif kind == "classification":
-        metrics |= _class_metrics(s["true"], s["predicted"], s["hits"])
-    elif kind == "binary":
-        metrics |= _binary_metrics(*(_item(s[k]) for k in ("tp", "fp", "fn", "tn")))
-    elif kind == "multilabel":
-        metrics["accuracy"] = _ratio(_item(s["correct"]), _item(s["labels"]))
-        metrics["macro_f1"] = float(_f1(s["tp"], s["fp"], s["fn"]).mean()) if s["tp"].numel() else math.nan
-    elif kind == "regression":
-        values = _item(s["values"])
-        mse = _ratio(_item(s["sq_error"]), values)
-        metrics["rmse"] = math.sqrt(mse) if not math.isnan(mse) else math.nan
-        metrics["mae"] = _ratio(_item(s["abs_error"]), values)
-        metrics["mape"] = _ratio(_item(s["pct_error"]), values)
-    else:
-        loss = metrics["loss"]
-        metrics["perplexity"] = math.exp(min(loss, 700.0)) if not math.isnan(loss) else math.nan
-        metrics["accuracy"] = _ratio(_item(s["correct"]), _item(s["labels"]))
-    return {prefix + name: metrics[name] for name in KIND_METRICS[kind]}
 
 
 def higher_is_better(name: str, declared: Mapping[str, bool] | None = None) -> bool:
@@ -247,11 +88,6 @@ def higher_is_better(name: str, declared: Mapping[str, bool] | None = None) -> b
     return HIGHER_IS_BETTER[base]
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-
-
 def _base_name(name: str) -> str:
     for prefix in PREFIXES:
         if name.startswith(prefix):
@@ -259,82 +95,7 @@ def _base_name(name: str) -> str:
     return name
 
 
-def _class_counts(output: torch.Tensor, target: torch.Tensor, n_classes: int | None) -> dict[str, torch.Tensor]:
-    """Counts of (true class, predicted class) on the device, without a host sync.
-
-    {"confusion": the (C, C) matrix, rows true, columns predicted}, or for more
-    than MAX_CONFUSION_CLASSES classes the per-class counts {"true",
-    "predicted", "hits"}. Targets outside [0, C) (the ignore index) are left out.
-    """
-    if output.dim() < 2:
-        raise ValueError(f"classification output must have shape (batch, classes, ...), got {tuple(output.shape)}")
-    c = output.shape[1] if n_classes is None else n_classes
-    if output.shape[1] != c:
-        raise ValueError(f"classification output must have shape (batch, {c}, ...) (one logit per class), "
-                         f"got {tuple(output.shape)}")
-    predicted, truth = output.argmax(1).reshape(-1), target.reshape(-1).long()
-    counted = (truth >= 0) & (truth < c)
-    if c > MAX_CONFUSION_CLASSES:
-        return {"true": _bin_counts(truth, counted, c), "predicted": _bin_counts(predicted, counted, c),
-                "hits": _bin_counts(truth, counted & (truth == predicted), c)}
-    return {"confusion": _bin_counts(truth * c + predicted, counted, c * c).reshape(c, c)}
-
-
-def _bin_counts(index: torch.Tensor, counted: torch.Tensor, size: int) -> torch.Tensor:
-    """How many counted entries fall in each of `size` bins, as float64 (scatter_add: no host sync, deterministic)."""
-    cells = torch.where(counted, index, torch.full_like(index, size))  # an extra bin collects the others
-    counts = torch.zeros(size + 1, dtype=torch.long, device=index.device)
-    counts.scatter_add_(0, cells, torch.ones_like(cells))
-    return counts[:-1].double()
-
-
-def _labels_last(x: torch.Tensor, n_labels: int | None) -> torch.Tensor:
-    """(batch, labels, ...) -> (rows, labels)."""
-    if x.dim() < 2 or (n_labels is not None and x.shape[1] != n_labels):
-        raise ValueError(f"multilabel output and target must have shape (batch, {n_labels}, ...), got {tuple(x.shape)}")
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
-
-
-def _class_metrics(true: torch.Tensor, predicted: torch.Tensor, hits: torch.Tensor) -> dict[str, float]:
-    """Accuracy, balanced accuracy and macro-F1 from per-class counts of targets, predictions and hits."""
-    total = float(true.sum())
-    present = true > 0
-    seen = present | (predicted > 0)
-    recall = hits[present] / true[present]
-    f1 = _f1(hits, predicted - hits, true - hits)[seen]
-    return {
-        "accuracy": _ratio(float(hits.sum()), total),
-        "balanced_accuracy": float(recall.mean()) if recall.numel() else math.nan,
-        "macro_f1": float(f1.mean()) if f1.numel() else math.nan,
-    }
-
-
-def _binary_metrics(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
-    recalls = [tp / (tp + fn)] if tp + fn else []
-    recalls += [tn / (tn + fp)] if tn + fp else []
-    return {
-        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else math.nan,
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-    }
-
-
-def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    denominator = 2 * tp + fp + fn
-    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1e-300), torch.zeros_like(tp))
-
-
-def _item(value: torch.Tensor) -> float:
-    return float(value.sum())
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else math.nan
-
-
-# ----------------------------------------------------------------------------- curves
+# ----------------------------------------------------------------------------- records and divergences
 
 
 @dataclass
@@ -344,25 +105,6 @@ class Record:
     step: int
     metrics: dict[str, float]
     n_items: int | None = None
-
-
-@dataclass
-class Curves:
-    """The tracked metrics as arrays over evaluations, with each metric's direction and noise level."""
-
-    steps: np.ndarray
-    values: dict[str, np.ndarray]
-    higher: dict[str, bool]
-    noise: dict[str, float]
-    n_items: int | None = None
-    left_out: dict[str, str] = field(default_factory=dict)  # metric -> why it is not analysed
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def goodness(self, name: str) -> np.ndarray:
-        """The metric oriented so that larger is better."""
-        return self.values[name] if self.higher[name] else -self.values[name]
 
 
 @dataclass
@@ -390,82 +132,6 @@ class Divergence:
         return min(self.improving_z, self.worsening_z)
 
 
-@dataclass
-class LossAgreement:
-    """How the loss ranks the evaluations against the objective, and what choosing by the loss costs."""
-
-    spearman: dict[str, float]  # metric -> rank correlation of (-loss) with the metric's goodness
-    loss_step: int  # the evaluation with the lowest loss
-    objective_step: int  # the evaluation with the best objective
-    objective_at_loss: float  # the objective there, averaged over the neighbouring evaluations (see `smooth`)
-    objective_best: float  # the best of the objective, averaged the same way
-    cost: float  # how much worse the objective is at the lowest loss (>= 0)
-    noise: float
-    cost_z: float
-    cost_share: float
-
-
-def smooth(values: np.ndarray) -> np.ndarray:
-    """A centred moving average over 3 evaluations (2 at the ends): damps evaluation noise, keeps turns."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 3:
-        return v.copy()
-    padded = np.concatenate([[np.nan], v, [np.nan]])
-    windows = np.stack([padded[:-2], padded[1:-1], padded[2:]])
-    return np.nanmean(windows, axis=0)
-
-
-def curve_noise(values: np.ndarray, proportion: bool = False, n_items: int | None = None) -> float:
-    """The noise level of one metric's curve: the larger of two estimates.
-
-    From the run: the robust spread of second differences (a linear trend
-    cancels out; white noise of level s gives differences of spread s*sqrt(6)).
-    For a proportion measured on n items: the binomial standard error at the
-    curve's median p, with the Agresti-Coull adjustment (p' = (pn + 2) / (n + 4))
-    so that a proportion stuck at 0 or 1 still has the noise of a couple of
-    items. A small floor relative to the curve's scale keeps the level positive.
-    """
-    v = np.asarray(values, dtype=float)
-    run = 0.0
-    if len(v) >= 3:
-        d2 = v[2:] - 2 * v[1:-1] + v[:-2]
-        run = 1.4826 * float(np.median(np.abs(d2))) / math.sqrt(6)
-    binomial = 0.0
-    if proportion and n_items:
-        p = min(max(float(np.median(v)), 0.0), 1.0)
-        adjusted = (p * n_items + 2) / (n_items + 4)
-        binomial = math.sqrt(adjusted * (1 - adjusted) / (n_items + 4))
-    floor = 1e-6 * max(float(np.max(np.abs(v))) if len(v) else 0.0, 1e-12)
-    return max(run, binomial, floor)
-
-
-def divergence_statistics(curves: Curves) -> dict[tuple[str, str], dict[str, float]]:
-    """For every ordered pair (improving, worsening) of metrics, the numbers the verdict compares.
-
-    The parting point is the evaluation where the worsening metric's smoothed
-    curve (see `smooth`) was best. Before it: "rise_z", the worsening metric's
-    gain from the first evaluation, over its noise. From there to the end:
-    "worsening_z", its fall over its noise; "share", that fall over its range
-    during the run; "improving_z", the other metric's gain over its own noise.
-    """
-    stats = {}
-    smoothed = {name: smooth(curves.goodness(name)) for name in curves.values}
-    for worsening, sb in smoothed.items():
-        k = int(np.argmax(sb))
-        span = float(sb.max() - sb.min())
-        drop = float(sb[k] - sb[-1])
-        for improving, sa in smoothed.items():
-            if improving != worsening:
-                stats[(improving, worsening)] = {
-                    "index": k,
-                    "rise_z": float(sb[k] - sb[0]) / curves.noise[worsening],
-                    "improving_z": float(sa[-1] - sa[k]) / curves.noise[improving],
-                    "worsening_z": drop / curves.noise[worsening],
-                    "share": drop / span if span > 0 else 0.0,
-                }
-    return stats
-
-
 def find_divergences(curves: Curves) -> list[Divergence]:
     """Every ordered pair (improving, worsening) of metrics that moved apart, most significant first.
 
@@ -488,48 +154,6 @@ def find_divergences(curves: Curves) -> list[Divergence]:
     return sorted(found, key=lambda d: -d.score)
 
 
-def spearman(x: Iterable[float], y: Iterable[float]) -> float:
-    """Spearman's rank correlation (ties get their average rank); NaN when either side is constant."""
-    a, b = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"spearman needs two 1-D sequences of the same length, got shapes {a.shape} and {b.shape}")
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
-    return float((ra * rb).sum()) / denominator if denominator > 0 else math.nan
-
-
-def _average_ranks(v: np.ndarray) -> np.ndarray:
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v))
-    ranks[order] = np.arange(1, len(v) + 1)
-    for value in np.unique(v):
-        tied = v == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def loss_agreement(curves: Curves, loss: str, objective: str) -> LossAgreement:
-    """Rank agreement of the loss with each metric, and the objective lost by choosing the lowest-loss evaluation.
-
-    The cost compares the smoothed objective (see `smooth`) at the evaluation
-    with the lowest loss and at the smoothed objective's best: the best single
-    value of a noisy curve overstates what choosing by the objective would gain.
-    """
-    good_loss = curves.goodness(loss)
-    rho = {m: spearman(good_loss, curves.goodness(m)) for m in curves.values if m != loss}
-    k_loss = int(np.argmax(good_loss))
-    objective_good = smooth(curves.goodness(objective))
-    k_best = int(np.argmax(objective_good))
-    cost = float(objective_good[k_best] - objective_good[k_loss])
-    span = float(objective_good.max() - objective_good.min())
-    noise = curves.noise[objective]
-    averaged = smooth(curves.values[objective])
-    return LossAgreement(rho, int(curves.steps[k_loss]), int(curves.steps[k_best]), float(averaged[k_loss]),
-                         float(averaged[k_best]), cost, noise, cost / noise, cost / span if span > 0 else 0.0)
-
-
 # ----------------------------------------------------------------------------- the tracker
 
 
@@ -549,12 +173,10 @@ class MetricTracker(Callback):
 
     def __init__(self, objective: str | None = None, higher_is_better: dict[str, bool] | None = None,
                  loss: str = "valid_loss", max_records: int = 10_000):
-        if not isinstance(max_records, int) or max_records < 2 * MIN_EVALUATIONS:
-            raise ValueError(f"max_records must be an int >= {2 * MIN_EVALUATIONS}, got {max_records!r}")
         self.objective = objective
         self.declared = dict(higher_is_better or {})
         self.loss = loss
-        self.max_records = max_records
+        self.max_records = int_at_least("max_records", max_records, 2 * MIN_EVALUATIONS)
         self._records: list[Record] = []
         self._valid_items: int | None = None
 
@@ -576,9 +198,7 @@ class MetricTracker(Callback):
         """Add one evaluation: its optimizer step, its metrics, and the items it was measured on (if known)."""
         for name in metrics:
             higher_is_better(name, self.declared)  # an unknown direction is reported now, not at the end
-        if n_items is not None and (not isinstance(n_items, Integral) or isinstance(n_items, bool) or n_items < 1):
-            raise ValueError(f"n_items must be a positive int or None, got {n_items!r}")
-        n_items = int(n_items) if n_items is not None else None
+        n_items = optional_int("n_items", n_items)
         self._records.append(Record(int(step), {k: float(v) for k, v in metrics.items()}, n_items))
         if len(self._records) > self.max_records:
             newest = self._records[-1]

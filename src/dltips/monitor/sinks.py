@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dltips.core.params import ParamError, optional_int
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -68,10 +70,7 @@ class MemorySink(Sink):
     """
 
     def __init__(self, max_records: int | None = None) -> None:
-        if max_records is not None and (isinstance(max_records, bool) or not isinstance(max_records, int)
-                                        or max_records < 1):
-            raise ValueError(f"max_records must be a positive int or None, got {max_records!r}")
-        self.max_records = max_records
+        self.max_records = optional_int("max_records", max_records)
         self.records: list[dict] = []
 
     def write(self, record: dict) -> None:
@@ -289,7 +288,7 @@ def _resolve_one(spec: Any) -> Sink:
         path = os.fspath(spec)
         if isinstance(path, str) and path.endswith(".jsonl"):
             return JsonlSink(path)
-    raise ValueError(f"unknown sink {spec!r}; expected {ACCEPTED}")
+    raise ParamError(f"unknown sink {spec!r}; expected {ACCEPTED}")
 
 
 def resolve_sinks(spec: Any) -> list[Sink]:
@@ -297,7 +296,7 @@ def resolve_sinks(spec: Any) -> list[Sink]:
 
     Strings: "memory" -> MemorySink(); "path/run.jsonl" -> JsonlSink; "tensorboard" ->
     TensorBoardSink("runs"); "tensorboard:DIR" -> TensorBoardSink(DIR). Anything
-    else raises ValueError saying what was given and what is accepted, and two
+    else raises ParamError (a ValueError) saying what was given and what is accepted, and two
     JSONL sinks on one file (which would overwrite each other) are refused.
     """
     if spec is None:
@@ -307,5 +306,5 @@ def resolve_sinks(spec: Any) -> list[Sink]:
     paths = [s.path.resolve() for s in sinks if isinstance(s, JsonlSink)]
     duplicates = sorted({str(p) for p in paths if paths.count(p) > 1})
     if duplicates:
-        raise ValueError(f"two JSONL sinks would write to the same file: {', '.join(duplicates)}")
+        raise ParamError(f"two JSONL sinks would write to the same file: {', '.join(duplicates)}")
     return sinks

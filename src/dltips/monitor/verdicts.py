@@ -11,15 +11,12 @@ far-too-high learning rate) fall outside.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dltips.findings import Finding
 from dltips.monitor import stats
-
-if TYPE_CHECKING:
-    from dltips.monitor.watch import Sample, Watch
+from dltips.monitor.samples import Sample, WatchedRun, rebin
 
 # A ReLU layer with this fraction of its units dead (zero for every item of a batch),
 # at initialization or in the median sample of the run's second half, is flagged.
@@ -42,26 +39,28 @@ CONVERGED = 1e-3
 MAX_PANELS = 12
 
 
-def watch_findings(watch: Watch) -> list[Finding]:
+def watch_findings(watch: WatchedRun) -> list[Finding]:
     """The monitors' verdicts on one run, in the order a reader wants them."""
     findings = nonfinite_findings(watch)
-    findings.append(check_activations(watch))
-    findings.append(check_update_ratio(watch))
+    findings.append(activation_finding(watch))
+    findings.append(update_ratio_finding(watch))
     return findings
 
 
-def _late(samples: list[Sample]) -> list[Sample]:
+def late_samples(samples: list[Sample]) -> list[Sample]:
     """The second half of the samples (the run after it settled), at least one."""
     return samples[len(samples) // 2:] if len(samples) > 1 else samples
 
 
-def _layer_median(samples: list[Sample], layer: str, name: str) -> float:
+def layer_median(samples: list[Sample], layer: str, name: str) -> float:
+    """The median of one activation field of `layer` over `samples` (NaN where it was never measured)."""
     values = [s.activation(layer, name) for s in samples if layer in s.activations]
     values = [v for v in values if not math.isnan(v)]
     return float(np.median(values)) if values else math.nan
 
 
-def _layers(samples: list[Sample]) -> list[str]:
+def layer_names(samples: list[Sample]) -> list[str]:
+    """The layers with activation statistics in any sample, in the order they first appear."""
     names: dict[str, None] = {}
     for sample in samples:
         names.update(dict.fromkeys(sample.activations))
@@ -71,7 +70,7 @@ def _layers(samples: list[Sample]) -> list[str]:
 # ---------------------------------------------------------------------- non-finite values
 
 
-def nonfinite_findings(watch: Watch) -> list[Finding]:
+def nonfinite_findings(watch: WatchedRun) -> list[Finding]:
     """A `fail` naming the first step and layer where NaN or infinity appeared; nothing when all was finite."""
     loss_step = watch.first_nonfinite_loss_step
     first = None
@@ -125,18 +124,18 @@ def _names(names: list[str], limit: int = 5) -> str:
 # ---------------------------------------------------------------------- activations and gradients
 
 
-def check_activations(watch: Watch) -> Finding:
+def activation_finding(watch: WatchedRun) -> Finding:
     """Dead ReLU units and saturated tanh/sigmoid outputs per layer, with the likely cause."""
     samples = watch.samples
     if not samples:
         return Finding("activation-gradient-stats", "skip", "No sampled step",
                        f"The watch saw no training step to sample (it samples every {watch.every} steps, "
                        "from the first).", fix="Run at least one training step inside the watch.")
-    late, first = _late(samples), samples[0]
+    late, first = late_samples(samples), samples[0]
     dead, saturated, rows = {}, {}, []
-    for layer in _layers(samples):
-        late_dead, late_sat = _layer_median(late, layer, "dead"), _layer_median(late, layer, "saturated")
-        init_dead, init_sat = _layer_median([first], layer, "dead"), _layer_median([first], layer, "saturated")
+    for layer in layer_names(samples):
+        late_dead, late_sat = layer_median(late, layer, "dead"), layer_median(late, layer, "saturated")
+        init_dead, init_sat = layer_median([first], layer, "dead"), layer_median([first], layer, "saturated")
         if late_dead >= DEAD_WARN or init_dead >= DEAD_WARN:
             dead[layer] = {"dead": late_dead, "at_init": init_dead}
         if late_sat >= SATURATED_WARN or init_sat >= SATURATED_WARN:
@@ -196,7 +195,7 @@ def _gradient_summary(samples: list[Sample]) -> dict[str, dict[str, float]]:
 # ---------------------------------------------------------------------- update ratio
 
 
-def check_update_ratio(watch: Watch) -> Finding:
+def update_ratio_finding(watch: WatchedRun) -> Finding:
     """norm(update) / norm(weights) per weight matrix against the calibrated band."""
     low, high = UPDATE_BAND
     if watch.optimizer is None:
@@ -274,7 +273,7 @@ def check_update_ratio(watch: Watch) -> Finding:
                    fix=fix, evidence=evidence, figures=figures)
 
 
-def _converged(watch: Watch) -> bool:
+def _converged(watch: WatchedRun) -> bool:
     """Whether the logged loss fell below CONVERGED times its first logged value (False without a logged loss)."""
     losses = [s.scalars["loss"] for s in watch.samples if math.isfinite(s.scalars.get("loss", math.nan))]
     if watch.last is not None and math.isfinite(watch.last.scalars.get("loss", math.nan)):
@@ -285,10 +284,8 @@ def _converged(watch: Watch) -> bool:
 # ---------------------------------------------------------------------- figures
 
 
-def activation_figures(watch: Watch) -> list[dict]:
+def activation_figures(watch: WatchedRun) -> list[dict]:
     """Histograms over time per layer (heat maps) and the dead/saturated fractions per layer."""
-    from dltips.monitor.watch import rebin
-
     samples = watch.samples
     figures = []
     for title, key, fields in (("Activations per layer over training (log count)", "activations",
@@ -313,7 +310,7 @@ def activation_figures(watch: Watch) -> list[dict]:
                             "panels": panels})
     for name, title in (("dead", "Dead units per ReLU layer"), ("saturated", "Saturated outputs per bounded layer")):
         series = {}
-        for layer in _layers(samples):
+        for layer in layer_names(samples):
             values = [s.activation(layer, name) if layer in s.activations else math.nan for s in samples]
             if any(not math.isnan(v) for v in values):
                 series[_label(watch, layer)] = [_round(v) for v in values]
@@ -331,7 +328,7 @@ def update_figure(samples: list[Sample], parameters: list[str]) -> dict:
             "series": series, "xlabel": "step", "ylabel": "update ratio", "ylog": True, "band": list(UPDATE_BAND)}
 
 
-def _label(watch: Watch, layer: str) -> str:
+def _label(watch: WatchedRun, layer: str) -> str:
     """A layer's name with its class, e.g. "features.3 (ReLU)"; parameter names pass through."""
     kind = watch.layer_types.get(layer)
     return f"{layer} ({kind})" if kind else layer

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -36,8 +36,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dltips.core.callbacks import Callback
+from dltips.core.params import ParamError, instance, int_at_least
 from dltips.findings import Finding
 from dltips.monitor import stats
+from dltips.monitor.samples import Sample, rebin
+from dltips.monitor.sinks import resolve_sinks
+from dltips.monitor.verdicts import watch_findings
 
 DEFAULT_EVERY = 25
 DEFAULT_BINS = 32
@@ -46,36 +50,6 @@ MAX_SAMPLES = 256
 MAX_LOGGED = 256  # logged values per name kept before they are folded into a sum
 
 _UNITS_LAST = (nn.Linear, nn.Embedding, nn.Bilinear, nn.LayerNorm, nn.MultiheadAttention)
-
-
-@dataclass
-class Sample:
-    """What one sampled step measured, read back to the host.
-
-    `activations[layer]` and `gradients[parameter]` are rows laid out as
-    `stats.ACTIVATION_FIELDS` / `stats.GRADIENT_FIELDS` followed by the histogram
-    counts; `updates[parameter]` is norm(update) / norm(weights before the step)
-    and `weight_norms[parameter]` the norm before the step (both on the
-    subsample of `stats.subsample` for tensors above `max_values` entries).
-    """
-
-    step: int
-    activations: dict[str, np.ndarray] = field(default_factory=dict)
-    gradients: dict[str, np.ndarray] = field(default_factory=dict)
-    updates: dict[str, float] = field(default_factory=dict)
-    weight_norms: dict[str, float] = field(default_factory=dict)
-    scalars: dict[str, float] = field(default_factory=dict)
-
-    def activation(self, layer: str, name: str) -> float:
-        return float(self.activations[layer][stats.ACTIVATION_FIELDS.index(name)])
-
-    def gradient(self, parameter: str, name: str) -> float:
-        return float(self.gradients[parameter][stats.GRADIENT_FIELDS.index(name)])
-
-    def histogram(self, row: np.ndarray, fields: tuple[str, ...]) -> tuple[float, float, np.ndarray]:
-        """(low, high, counts) of a row."""
-        low, high = row[fields.index("min")], row[fields.index("max")]
-        return float(low), float(high), row[len(fields):]
 
 
 @dataclass
@@ -108,19 +82,15 @@ class Watch(Callback):
         max_samples: int = MAX_SAMPLES,
         max_values: int = MAX_VALUES,
     ):
-        from dltips.monitor.sinks import resolve_sinks
-
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"watch(model, ...) expects a torch.nn.Module, got {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"watch(..., optimizer) expects a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
-        for name, value, low in (("every", every, 1), ("bins", bins, 2), ("max_samples", max_samples, 2),
-                                 ("max_values", max_values, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"watch({name}=...) must be an integer >= {low}, got {value!r}")
+        if model is not None:
+            instance("model", model, nn.Module, "a torch.nn.Module")
+        if optimizer is not None:
+            instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer or None")
         self.model, self.optimizer = model, optimizer
-        self.every, self.bins, self.max_samples = every, bins, max_samples
-        self.max_values = max_values
+        self.every = int_at_least("every", every, 1)
+        self.bins = int_at_least("bins", bins, 2)
+        self.max_samples = int_at_least("max_samples", max_samples, 2)
+        self.max_values = int_at_least("max_values", max_values, 1)
         self.layers = layers
         self.sinks = resolve_sinks(sinks)
         self.samples: list[Sample] = []  # bounded: thinned to every other sample when full
@@ -330,7 +300,7 @@ class Watch(Callback):
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = float(value)
             else:
-                raise TypeError(f"watch.log({name}=...) expects a number or a tensor, got {type(value).__name__}")
+                raise ParamError(f"watch.log({name}=...) expects a number or a tensor, got {type(value).__name__}")
             values = self._logged.setdefault(name, [])
             values.append(value)
             if name == "loss":
@@ -473,8 +443,6 @@ class Watch(Callback):
         It first reads back pending statistics: under torch.distributed, call it on
         every rank (or after the `with` block, when nothing is pending).
         """
-        from dltips.monitor.verdicts import watch_findings
-
         self.flush()
         return watch_findings(self)
 
@@ -526,35 +494,6 @@ def _merge_activation_rows(rows: list[np.ndarray], bins: int) -> np.ndarray:
     saturated = float((n * np.array([r[fields.index("saturated")] for r in rows])).sum() / total)
     counts = sum(rebin(r[len(fields):], r[fields.index("min")], r[fields.index("max")], low, high, bins) for r in rows)
     return np.concatenate([[total, merged_mean, merged_var, low, high, dead, saturated], counts])
-
-
-def rebin(counts: np.ndarray, low: float, high: float, new_low: float, new_high: float, bins: int) -> np.ndarray:
-    """Counts over equal bins of [low, high] spread onto `bins` equal bins of [new_low, new_high].
-
-    Each old bin's count is shared among the new bins in proportion to overlap
-    (counts are assumed uniform within a bin); counts outside the new range go to
-    its nearest end bin, and a zero-width old range puts its count in the bin holding `low`.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    out = np.zeros(bins)
-    if not all(map(math.isfinite, (low, high, new_low, new_high))) or counts.sum() == 0:
-        return out
-    if new_high <= new_low:
-        out[0] = counts.sum()
-        return out
-    if high <= low:
-        out[int(np.clip((low - new_low) / (new_high - new_low) * bins, 0, bins - 1))] = counts.sum()
-        return out
-    edges = np.linspace(low, high, len(counts) + 1)
-    new_edges = np.linspace(new_low, new_high, bins + 1)
-    overlap = np.minimum(edges[1:, None], new_edges[None, 1:]) - np.maximum(edges[:-1, None], new_edges[None, :-1])
-    share = np.clip(overlap, 0.0, None) / (edges[1:] - edges[:-1])[:, None]
-    out += counts @ share
-    outside = counts * (1.0 - share.sum(axis=1))  # the part of each old bin beyond the new range
-    left = (edges[:-1] + edges[1:]) / 2 < (new_low + new_high) / 2
-    out[0] += outside[left].sum()
-    out[-1] += outside[~left].sum()
-    return out
 
 
 def sample_record(sample: Sample, bins: int) -> dict:

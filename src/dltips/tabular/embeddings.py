@@ -9,11 +9,15 @@ grows slowly with the number of categories: 2 dims for 2 categories, 6 for 10,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from numbers import Integral
 from typing import Any
 
+import torch
 from torch import nn
 
+from dltips.core.checks import check_args
+from dltips.core.deadline import Deadline
+from dltips.core.device import resolve_device
+from dltips.core.params import ParamError, instance, int_at_least
 from dltips.findings import Finding
 
 MAX_EMB_SIZE = 600
@@ -27,7 +31,7 @@ def emb_size(n_categories: int) -> int:
     Count every id the embedding table must hold, including reserved ids for
     missing, unknown or rare values. The rule is fastai's `emb_sz_rule`.
     """
-    n = _int_at_least("n_categories", n_categories)
+    n = int_at_least("n_categories", n_categories)
     return min(MAX_EMB_SIZE, round(1.6 * n**0.56))
 
 
@@ -51,20 +55,20 @@ def emb_sizes(source: Any, overrides: Mapping[str | int, int] | None = None) -> 
 def _counts_of(source: Any) -> dict[str, int] | list[int]:
     """The category counts in `source`, validated, as a dict (named columns) or a list."""
     if isinstance(source, Mapping):
-        return {col: _int_at_least(f"n_categories of column {col!r}", n) for col, n in source.items()}
+        return {col: int_at_least(f"n_categories of column {col!r}", n) for col, n in source.items()}
     if isinstance(source, (list, tuple)):
-        return [_int_at_least(f"n_categories at index {i}", n) for i, n in enumerate(source)]
+        return [int_at_least(f"n_categories at index {i}", n) for i, n in enumerate(source)]
     if hasattr(source, "fit") and hasattr(source, "transform"):
         try:
             counts = source.n_categories_
         except (AttributeError, RuntimeError, ValueError) as error:  # CategoryEncoder raises RuntimeError before fit
-            raise ValueError(
+            raise ParamError(
                 f"the {type(source).__name__} has no n_categories_ yet; fit it before asking for embedding sizes"
             ) from error
         return _counts_of(dict(counts))
     if hasattr(source, "n_categories_"):
         return _counts_of(dict(source.n_categories_))
-    raise TypeError(
+    raise ParamError(
         "source must be a fitted CategoryEncoder, a dict {column: n_categories} or a list of n_categories, "
         f"got {type(source).__name__}"
     )
@@ -74,37 +78,37 @@ def _checked_overrides(overrides: Mapping[str | int, int] | None, keys: Sequence
     """`overrides` after checking that each key is a known column and each dim an int >= 1."""
     if overrides is None:
         return {}
-    if not isinstance(overrides, Mapping):
-        raise TypeError(f"overrides must be a dict {{column or index: dim}} or None, got {type(overrides).__name__}")
+    instance("overrides", overrides, Mapping, "a dict {column or index: dim} or None")
     dims = {}
     for key, dim in overrides.items():
         if isinstance(key, (bool, float)) or key not in keys:
-            raise ValueError(f"overrides names {key!r}, which is not a key of the source; known keys: {list(keys)}")
-        dims[key] = _int_at_least(f"overrides[{key!r}]", dim)
+            raise ParamError(f"overrides names {key!r}, which is not a key of the source; known keys: {list(keys)}")
+        dims[key] = int_at_least(f"overrides[{key!r}]", dim)
     return dims
 
 
-def _int_at_least(name: str, value: Any, low: int = 1) -> int:
-    """`value` as an int, after checking it is an integer >= `low` (numpy integers accepted, bools rejected)."""
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def check_embedding_sizes(task: Any) -> list[Finding]:
+def check_embedding_sizes(task: Any, *, model: nn.Module | None = None, device: str | torch.device | None = None,
+                          seed: int = 0, max_items: int | None = None, deadline: Deadline | float | None = None,
+                          ) -> list[Finding]:
     """The `categorical-embedding-size` verdict for a Task built by `TabularData`; [] for other Tasks.
 
-    Compares each categorical column's embedding table in the model with the
-    column's ids (every id needs a row: fewer rows fail) and with the size rule
-    (a width more than twice or less than half the rule's is mentioned, not
-    warned about: the rule is a starting point, not a law).
+    Compares each categorical column's embedding table in `model` (None:
+    `task.model`) with the column's ids (every id needs a row: fewer rows fail)
+    and with the size rule (a width more than twice or less than half the
+    rule's is mentioned, not warned about: the rule is a starting point, not a
+    law). It reads the model's tables and the encoder, never a row and never a
+    random draw: `device`, `seed`, `max_items` and `deadline` are validated for
+    the common check signature and otherwise unused.
     """
     from dltips.tabular.categoricals import tabular_data
 
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    model = task.model if model is None else instance("model", model, nn.Module, "an nn.Module or None")
+    resolve_device(device, model)
     data = tabular_data(task)
     if data is None or not data.categorical:
         return []
-    tables = [m for m in task.model.modules() if isinstance(m, nn.Embedding)]
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     rule = data.emb_sizes()
     if len(tables) != len(rule):
         return [Finding("categorical-embedding-size", "info", "Embedding tables not matched to columns",

@@ -25,8 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dltips.core.checks import check_args
+from dltips.core.deadline import Deadline
+from dltips.core.device import resolve_device
+from dltips.core.params import ParamError, instance, int_at_least, one_of, probability
 from dltips.findings import Finding
-from dltips.tabular.embeddings import EmbSizes, _int_at_least, emb_sizes
+from dltips.tabular.embeddings import EmbSizes, emb_sizes
 from dltips.task import Task
 from dltips.training.mixup import MIXUP_LAM, MIXUP_PERM
 
@@ -76,15 +80,15 @@ class TabularModel(nn.Module):
     ) -> None:
         super().__init__()
         self.columns, pairs = _emb_pairs(emb_sizes)
-        self.n_continuous = _int_at_least("n_continuous", n_continuous, 0)
-        self.out_features = _int_at_least("out_features", out_features, 1)
+        self.n_continuous = int_at_least("n_continuous", n_continuous, 0)
+        self.out_features = int_at_least("out_features", out_features, 1)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise TypeError(f"hidden must be a sequence of layer widths such as (200, 100), got {hidden!r}")
-        self.hidden = tuple(_int_at_least(f"hidden[{i}]", width, 1) for i, width in enumerate(hidden))
-        self.dropout = _probability("dropout", dropout)
-        self.emb_dropout_p = _probability("emb_dropout", emb_dropout)
+            raise ParamError(f"hidden must be a sequence of layer widths such as (200, 100), got {hidden!r}")
+        self.hidden = tuple(int_at_least(f"hidden[{i}]", width, 1) for i, width in enumerate(hidden))
+        self.dropout = probability("dropout", dropout)
+        self.emb_dropout_p = probability("emb_dropout", emb_dropout)
         if not pairs and self.n_continuous == 0:
-            raise ValueError("TabularModel needs at least one categorical or continuous column; got neither")
+            raise ParamError("TabularModel needs at least one categorical or continuous column; got neither")
         self.emb_sizes = pairs
         self.embeddings = nn.ModuleList(nn.Embedding(n, dim) for n, dim in pairs)
         self.emb_dropout = nn.Dropout(self.emb_dropout_p)
@@ -115,11 +119,11 @@ class TabularModel(nn.Module):
     def _inputs(self, x: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor | None, tuple[Tensor, Tensor] | None]:
         """(categorical, continuous, (lam, perm) or None) from x, after checking keys, shapes, dtypes and id ranges."""
         if not isinstance(x, Mapping):
-            raise TypeError(f"TabularModel takes a dict {{{CATEGORICAL!r}: ids, {CONTINUOUS!r}: values}}, "
-                            f"got {type(x).__name__}")
+            raise ParamError(f"TabularModel takes a dict {{{CATEGORICAL!r}: ids, {CONTINUOUS!r}: values}}, "
+                             f"got {type(x).__name__}")
         unknown = [k for k in x if k not in (CATEGORICAL, CONTINUOUS, MIXUP_LAM, MIXUP_PERM)]
         if unknown:
-            raise ValueError(f"unexpected input keys {unknown}; expected {CATEGORICAL!r} and {CONTINUOUS!r}")
+            raise ParamError(f"unexpected input keys {unknown}; expected {CATEGORICAL!r} and {CONTINUOUS!r}")
         categorical = _input_table(x, CATEGORICAL, len(self.embeddings), floating=False)
         continuous = _input_table(x, CONTINUOUS, self.n_continuous, floating=True)
         n = _common_batch_size(categorical, continuous)
@@ -135,7 +139,7 @@ class TabularModel(nn.Module):
         if len(bad):
             j = int(bad[0, 0])
             name = f" ({self.columns[j]!r})" if self.columns is not None else ""
-            raise ValueError(f"categorical column {j}{name} holds ids from {int(low[j])} to {int(high[j])}; "
+            raise ParamError(f"categorical column {j}{name} holds ids from {int(low[j])} to {int(high[j])}; "
                              f"expected ids in [0, {int(limits[j])}), i.e. max < {int(limits[j])}")
 
 
@@ -158,15 +162,15 @@ def _emb_pairs(sizes: Any) -> tuple[list | None, list[tuple[int, int]]]:
     elif isinstance(sizes, Sequence) and not isinstance(sizes, (str, bytes)):
         columns, values = None, list(sizes)
     else:
-        raise TypeError(f"emb_sizes must be a list of (n_categories, dim) or a dict {{column: (n, dim)}}, "
-                        f"got {type(sizes).__name__}")
+        raise ParamError(f"emb_sizes must be a list of (n_categories, dim) or a dict {{column: (n, dim)}}, "
+                         f"got {type(sizes).__name__}")
     pairs = []
     for i, pair in enumerate(values):
         where = repr(columns[i]) if columns is not None else str(i)
         if not isinstance(pair, Sequence) or len(pair) != 2:
-            raise ValueError(f"emb_sizes[{where}] must be a pair (n_categories, dim), got {pair!r}")
-        pairs.append((_int_at_least(f"emb_sizes[{where}] n_categories", pair[0], 1),
-                      _int_at_least(f"emb_sizes[{where}] dim", pair[1], 1)))
+            raise ParamError(f"emb_sizes[{where}] must be a pair (n_categories, dim), got {pair!r}")
+        pairs.append((int_at_least(f"emb_sizes[{where}] n_categories", pair[0], 1),
+                      int_at_least(f"emb_sizes[{where}] dim", pair[1], 1)))
     return columns, pairs
 
 
@@ -174,23 +178,23 @@ def _input_table(x: Mapping[str, Tensor], key: str, width: int, floating: bool) 
     """x[key] checked to be a 2-D tensor of `width` columns (ids or floats); None when width is 0 and absent."""
     if key not in x:
         if width:
-            raise ValueError(f"the model has {width} {key} column(s) but the input has no {key!r} entry")
+            raise ParamError(f"the model has {width} {key} column(s) but the input has no {key!r} entry")
         return None
     t = x[key]
     if not isinstance(t, Tensor):
-        raise TypeError(f"x[{key!r}] must be a Tensor, got {type(t).__name__}")
+        raise ParamError(f"x[{key!r}] must be a Tensor, got {type(t).__name__}")
     if t.ndim != 2 or t.shape[1] != width:
-        raise ValueError(f"x[{key!r}] must have shape (N, {width}), got {tuple(t.shape)}")
+        raise ParamError(f"x[{key!r}] must have shape (N, {width}), got {tuple(t.shape)}")
     if floating and not t.is_floating_point():
-        raise TypeError(f"x[{key!r}] must be floating point, got {t.dtype}")
+        raise ParamError(f"x[{key!r}] must be floating point, got {t.dtype}")
     if not floating and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-        raise TypeError(f"x[{key!r}] must hold integer category ids (torch.long), got {t.dtype}")
+        raise ParamError(f"x[{key!r}] must hold integer category ids (torch.long), got {t.dtype}")
     return t if width else None
 
 
 def _common_batch_size(categorical: Tensor | None, continuous: Tensor | None) -> int | None:
     if categorical is not None and continuous is not None and len(categorical) != len(continuous):
-        raise ValueError(f"x[{CATEGORICAL!r}] has {len(categorical)} rows but x[{CONTINUOUS!r}] has {len(continuous)}")
+        raise ParamError(f"x[{CATEGORICAL!r}] has {len(categorical)} rows but x[{CONTINUOUS!r}] has {len(continuous)}")
     present = categorical if categorical is not None else continuous
     return len(present) if present is not None else None
 
@@ -199,16 +203,16 @@ def _mix_inputs(x: Mapping[str, Tensor], n: int | None) -> tuple[Tensor, Tensor]
     """(lam, perm) when x carries both mixup entries, None when it carries neither."""
     has_lam, has_perm = MIXUP_LAM in x, MIXUP_PERM in x
     if has_lam != has_perm:
-        raise ValueError(f"x has {MIXUP_LAM if has_lam else MIXUP_PERM!r} without "
+        raise ParamError(f"x has {MIXUP_LAM if has_lam else MIXUP_PERM!r} without "
                          f"{MIXUP_PERM if has_lam else MIXUP_LAM!r}; Mixup(ids='model') adds both")
     if not has_lam:
         return None
     lam, perm = x[MIXUP_LAM], x[MIXUP_PERM]
     if n is not None and (lam.shape != (n,) or perm.shape != (n,)):
-        raise ValueError(f"x[{MIXUP_LAM!r}] and x[{MIXUP_PERM!r}] must have shape ({n},), "
+        raise ParamError(f"x[{MIXUP_LAM!r}] and x[{MIXUP_PERM!r}] must have shape ({n},), "
                          f"got {tuple(lam.shape)} and {tuple(perm.shape)}")
     if perm.is_floating_point():
-        raise TypeError(f"x[{MIXUP_PERM!r}] must hold integer row indices, got {perm.dtype}")
+        raise ParamError(f"x[{MIXUP_PERM!r}] must hold integer row indices, got {perm.dtype}")
     return lam, perm
 
 
@@ -243,7 +247,7 @@ class TabularDataset(Dataset):
                  raw: Mapping[str, list] | None = None):
         n = len(target)
         if categorical.ndim != 2 or continuous.ndim != 2 or len(categorical) != n or len(continuous) != n:
-            raise ValueError(f"categorical (N, k), continuous (N, m) and target (N,) must share N; got shapes "
+            raise ParamError(f"categorical (N, k), continuous (N, m) and target (N,) must share N; got shapes "
                              f"{tuple(categorical.shape)}, {tuple(continuous.shape)} and {tuple(target.shape)}")
         self.categorical = categorical
         self.continuous = continuous
@@ -322,9 +326,7 @@ class TabularData:
         encoder: Any = None,
         kind: str = "regression",
     ) -> None:
-        if kind not in TABULAR_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(map(repr, TABULAR_KINDS))}, got {kind!r}")
-        self.kind = kind
+        self.kind = one_of("kind", kind, TABULAR_KINDS)
         self.categorical = _column_names("categorical", categorical)
         self.continuous_columns = _column_names("continuous", continuous)
         self.target = target
@@ -377,8 +379,8 @@ class TabularData:
         """A dltips Task on these datasets (kind and n_classes set), with `self.model()` unless `model` is given."""
         fixed = [k for k in ("model", "train", "valid", "test", "kind", "n_classes") if k in task_kwargs]
         if fixed:
-            raise TypeError(f"task() sets {fixed} from the TabularData; pass only other Task fields "
-                            "(batch_size, loss, optimizer, augment, name)")
+            raise ParamError(f"task() sets {fixed} from the TabularData; pass only other Task fields "
+                             "(batch_size, loss, optimizer, augment, name)")
         task_kwargs.setdefault("name", "tabular")
         n_classes = len(self.classes) if self.kind == "classification" else 2 if self.kind == "binary" else None
         return Task(model=model if model is not None else self.model(), train=self.train, valid=self.valid,
@@ -395,14 +397,14 @@ class TabularData:
         if not self.categorical:
             return encoder
         if encoder is None:
-            from dltips.tabular.categoricals import CategoryEncoder
+            from dltips.tabular.encoder import CategoryEncoder
 
             encoder = CategoryEncoder()
         if not _is_fitted(encoder):
             encoder.fit(train_columns)
         missing = [c for c in self.categorical if c not in encoder.n_categories_]
         if missing:
-            raise ValueError(f"the encoder was fitted on columns {list(encoder.n_categories_)}, "
+            raise ParamError(f"the encoder was fitted on columns {list(encoder.n_categories_)}, "
                              f"without the categorical column(s) {missing}")
         return encoder
 
@@ -427,7 +429,7 @@ class TabularData:
         if ids.ndim == 1:
             ids = ids[:, None]
         if ids.shape != (n, len(self.categorical)):
-            raise ValueError(f"the encoder returned ids of shape {ids.shape}; expected ({n}, {len(self.categorical)})")
+            raise ParamError(f"the encoder returned ids of shape {ids.shape}; expected ({n}, {len(self.categorical)})")
         return ids
 
 
@@ -436,22 +438,22 @@ class TabularData:
 
 def _column_names(role: str, names: Any) -> list[str]:
     if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(f"{role} must be a list of column names, got {names!r}")
+        raise ParamError(f"{role} must be a list of column names, got {names!r}")
     names = list(names)
     repeated = sorted({c for c in names if names.count(c) > 1}, key=str)
     if repeated:
-        raise ValueError(f"{role} lists {repeated} more than once")
+        raise ParamError(f"{role} lists {repeated} more than once")
     return names
 
 
 def _check_roles(categorical: list[str], continuous: list[str], target: str) -> None:
     both = [c for c in categorical if c in continuous]
     if both:
-        raise ValueError(f"columns {both} are listed as both categorical and continuous; pick one")
+        raise ParamError(f"columns {both} are listed as both categorical and continuous; pick one")
     if target in categorical or target in continuous:
-        raise ValueError(f"the target {target!r} is also listed as a feature column")
+        raise ParamError(f"the target {target!r} is also listed as a feature column")
     if not categorical and not continuous:
-        raise ValueError("no feature columns: give at least one categorical or continuous column")
+        raise ParamError("no feature columns: give at least one categorical or continuous column")
 
 
 def _read_columns(table: Any, names: list[str]) -> tuple[dict[str, Any], int]:
@@ -460,11 +462,11 @@ def _read_columns(table: Any, names: list[str]) -> tuple[dict[str, Any], int]:
         available = list(table)
     elif type(table).__module__.split(".")[0] == "pandas":
         if not isinstance(table, _pandas().DataFrame):
-            raise TypeError(f"table must be a pandas DataFrame or a dict of columns, got a {type(table).__name__}")
+            raise ParamError(f"table must be a pandas DataFrame or a dict of columns, got a {type(table).__name__}")
         available = list(table.columns)
     else:
-        raise TypeError(f"table must be a pandas DataFrame or a dict {{column: list or numpy array}}, "
-                        f"got {type(table).__name__}")
+        raise ParamError(f"table must be a pandas DataFrame or a dict {{column: list or numpy array}}, "
+                         f"got {type(table).__name__}")
     for name in names:
         if name not in available:
             close = difflib.get_close_matches(str(name), [str(c) for c in available], n=3)
@@ -473,10 +475,10 @@ def _read_columns(table: Any, names: list[str]) -> tuple[dict[str, Any], int]:
     columns = {name: table[name] for name in names}
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"the table's columns must have one length, got {lengths}")
+        raise ParamError(f"the table's columns must have one length, got {lengths}")
     n_rows = next(iter(lengths.values()))
     if n_rows == 0:
-        raise ValueError("the table has no rows")
+        raise ParamError("the table has no rows")
     return columns, n_rows
 
 
@@ -503,11 +505,11 @@ def _as_float(values: Any, what: str) -> np.ndarray:
         else:
             array = np.array([np.nan if _is_missing_label(v) else v for v in _as_list(values)], dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{what} holds values that are not numbers ({error}); "
+        raise ParamError(f"{what} holds values that are not numbers ({error}); "
                          "list it as categorical or convert it first") from error
     n_inf = int(np.isinf(array).sum())
     if n_inf:
-        raise ValueError(f"{what} holds {n_inf} infinite value(s); expected finite numbers or missing values (NaN/None)")
+        raise ParamError(f"{what} holds {n_inf} infinite value(s); expected finite numbers or missing values (NaN/None)")
     return array
 
 
@@ -519,21 +521,21 @@ def _split_rows(split: Any, n_rows: int, seed: int) -> dict[str, np.ndarray]:
     """{"train", "valid"[, "test"]: row positions} from explicit rows or a validation fraction."""
     if isinstance(split, float):
         if not 0.0 < split < 1.0:
-            raise ValueError(f"split as a fraction must be in (0, 1), got {split!r}")
+            raise ParamError(f"split as a fraction must be in (0, 1), got {split!r}")
         if n_rows < 2:
-            raise ValueError(f"the table has {n_rows} row; a split needs at least 2")
+            raise ParamError(f"the table has {n_rows} row; a split needs at least 2")
         order = np.random.default_rng(seed).permutation(n_rows)
         n_valid = min(max(1, round(split * n_rows)), n_rows - 1)
         return {"train": np.sort(order[n_valid:]), "valid": np.sort(order[:n_valid])}
     if isinstance(split, (str, bytes)) or not isinstance(split, Sequence) or len(split) not in (2, 3):
-        raise TypeError("split must be a validation fraction in (0, 1) or (train_rows, valid_rows[, test_rows]), "
-                        f"got {split!r}")
+        raise ParamError("split must be a validation fraction in (0, 1) or (train_rows, valid_rows[, test_rows]), "
+                         f"got {split!r}")
     splits = {name: _row_positions(name, rows, n_rows) for name, rows in zip(SPLIT_NAMES, split)}
     seen: dict[int, str] = {}
     for name, rows in splits.items():
         for i in rows.tolist():
             if i in seen:
-                raise ValueError(f"row {i} is in both the {seen[i]} and the {name} rows; the splits must not overlap")
+                raise ParamError(f"row {i} is in both the {seen[i]} and the {name} rows; the splits must not overlap")
             seen[i] = name
     return splits
 
@@ -541,15 +543,15 @@ def _split_rows(split: Any, n_rows: int, seed: int) -> dict[str, np.ndarray]:
 def _row_positions(name: str, rows: Any, n_rows: int) -> np.ndarray:
     array = np.asarray(rows)
     if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise TypeError(f"the {name} rows must be a 1-D list or array of row positions (ints), got {rows!r:.80}")
+        raise ParamError(f"the {name} rows must be a 1-D list or array of row positions (ints), got {rows!r:.80}")
     if array.size == 0:
-        raise ValueError(f"the {name} rows are empty; each split needs at least one row")
+        raise ParamError(f"the {name} rows are empty; each split needs at least one row")
     if array.min() < -n_rows or array.max() >= n_rows:
-        raise ValueError(f"the {name} rows must be positions in [0, {n_rows}), got values from "
+        raise ParamError(f"the {name} rows must be positions in [0, {n_rows}), got values from "
                          f"{array.min()} to {array.max()}")
     array = array % n_rows  # negative positions count from the end, as in Python
     if len(np.unique(array)) != len(array):
-        raise ValueError(f"the {name} rows list some rows more than once")
+        raise ParamError(f"the {name} rows list some rows more than once")
     return array.astype(np.int64)
 
 
@@ -557,7 +559,7 @@ def _fit_stats(name: str, values: np.ndarray) -> ContinuousStats:
     """Median, mean and std of a continuous column's training values (see ContinuousStats)."""
     missing = np.isnan(values)
     if missing.all():
-        raise ValueError(f"continuous column {name!r} has no values in the training rows; drop it or fill it first")
+        raise ParamError(f"continuous column {name!r} has no values in the training rows; drop it or fill it first")
     median = float(np.median(values[~missing]))
     filled = np.where(missing, median, values)
     std = float(filled.std())
@@ -574,7 +576,7 @@ def _standardise(values: np.ndarray, stats: ContinuousStats) -> tuple[np.ndarray
 def _check_indicator_names(names: list[str]) -> None:
     repeated = sorted({c for c in names if names.count(c) > 1}, key=str)
     if repeated:
-        raise ValueError(f"the missing-value indicator column(s) {repeated} clash with continuous columns of the "
+        raise ParamError(f"the missing-value indicator column(s) {repeated} clash with continuous columns of the "
                          "same name; rename those columns")
 
 
@@ -600,29 +602,29 @@ def _fit_classes(kind: str, labels_per_split: list[list], target: str) -> list |
     labels = [v for split in labels_per_split for v in split]
     n_missing = sum(_is_missing_label(v) for v in labels)
     if n_missing:
-        raise ValueError(f"the target {target!r} has {n_missing} missing label(s) (None/NaN); drop those rows first")
+        raise ParamError(f"the target {target!r} has {n_missing} missing label(s) (None/NaN); drop those rows first")
     if all(isinstance(v, str) for v in labels):
         classes = sorted(set(labels))
         if kind == "binary" and len(classes) != 2:
-            raise ValueError(f"a binary target needs exactly two labels, found {len(classes)}: {classes[:10]}")
+            raise ParamError(f"a binary target needs exactly two labels, found {len(classes)}: {classes[:10]}")
         if kind == "classification" and len(classes) < 2:
-            raise ValueError(f"a classification target needs at least two classes, found {classes}")
+            raise ParamError(f"a classification target needs at least two classes, found {classes}")
         return classes
     if all(isinstance(v, Integral) for v in labels):  # bools are Integral too: False/True are 0/1
         ids = [int(v) for v in labels]
         if kind == "binary":
             if not set(ids) <= {0, 1}:
-                raise ValueError(f"a binary target must hold 0/1 (or two strings), found {sorted(set(ids))[:10]}")
+                raise ParamError(f"a binary target must hold 0/1 (or two strings), found {sorted(set(ids))[:10]}")
             return [0, 1]
         if min(ids) < 0:
-            raise ValueError(f"integer class labels must be >= 0, found {min(ids)} in {target!r}")
+            raise ParamError(f"integer class labels must be >= 0, found {min(ids)} in {target!r}")
         if max(ids) < 1:
-            raise ValueError(f"a classification target needs at least two classes, found only {sorted(set(ids))}")
+            raise ParamError(f"a classification target needs at least two classes, found only {sorted(set(ids))}")
         return list(range(max(ids) + 1))
     if kind == "binary" and all(isinstance(v, float) and v in (0.0, 1.0) for v in labels):
         return [0, 1]
     kinds = sorted({type(v).__name__ for v in labels})
-    raise ValueError(f"{kind} labels in {target!r} must be all strings or all integers, found types {kinds}; "
+    raise ParamError(f"{kind} labels in {target!r} must be all strings or all integers, found types {kinds}; "
                      "convert them (floats holding class ids: .astype(int))")
 
 
@@ -631,7 +633,7 @@ def _encode_targets(kind: str, labels: list, classes: list | None, target: str) 
     if kind == "regression":
         values = _as_float(labels, f"the target {target!r}")
         if np.isnan(values).any():
-            raise ValueError(f"the target {target!r} has {int(np.isnan(values).sum())} missing value(s); "
+            raise ParamError(f"the target {target!r} has {int(np.isnan(values).sum())} missing value(s); "
                              "drop those rows first")
         return torch.from_numpy(values.astype(np.float32))
     index = {label: i for i, label in enumerate(classes)}
@@ -639,7 +641,7 @@ def _encode_targets(kind: str, labels: list, classes: list | None, target: str) 
     for v in labels:
         key = _label_key(v)
         if key not in index:
-            raise ValueError(f"label {v!r} of {target!r} is not one of the classes {classes[:20]}")
+            raise ParamError(f"label {v!r} of {target!r} is not one of the classes {classes[:20]}")
         ids.append(index[key])
     dtype = torch.float32 if kind == "binary" else torch.long
     return torch.tensor(ids, dtype=dtype)
@@ -654,23 +656,26 @@ def _label_key(value: Any) -> Any:
     return value
 
 
-def _probability(name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
-    return float(value)
-
-
-def check_tabular_mixup(task: Task) -> list[Finding]:
+def check_tabular_mixup(task: Task, *, model: nn.Module | None = None, device: str | torch.device | None = None,
+                        seed: int = 0, max_items: int | None = None, deadline: Deadline | float | None = None,
+                        ) -> list[Finding]:
     """What mixup means for a Task built by `TabularData` (an `info` finding); [] for other Tasks.
 
     Measured on the tabular demo (bench/tabular_mixup.py, 3 seeds, alpha 0.4):
     validation RMSE with mixup / without was 1.018 at 5 epochs, 0.997 at 10,
     0.991 at 20 and 0.993 at 40: mixup costs at first and pays only with
     longer training, as the tip says.
+
+    It asks `model` (None: `task.model`) whether it mixes its embedding
+    outputs, and reads no row and draws nothing: `device`, `seed`, `max_items`
+    and `deadline` are validated for the common check signature and otherwise unused.
     """
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    model = task.model if model is None else instance("model", model, nn.Module, "an nn.Module or None")
+    resolve_device(device, model)
     if not isinstance(task.train, TabularDataset) or task.train.data is None:
         return []
-    mixes = bool(getattr(task.model, "mixes_embeddings", False))
+    mixes = bool(getattr(model, "mixes_embeddings", False))
     how = ("dltips.fit(task, recipe=Recipe(mixup=0.4)) mixes the continuous values and, inside the model, the "
            "embedding outputs (category ids cannot be blended)" if mixes else
            "this model takes category ids and does not mix its embedding outputs, so Mixup must not blend the "

@@ -15,6 +15,7 @@ size, which a mean of per-batch means gets wrong.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Iterator
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dltips.core.params import positive, positive_int
 from dltips.training.precision import MixedPrecision
 
 
@@ -43,10 +45,9 @@ class GradientAccumulator:
         precision: MixedPrecision | None = None,
         max_grad_norm: float | None = None,
     ):
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"window must be a positive int (micro-batches per optimizer step), got {window!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm!r}")
+        window = positive_int("window", window)
+        if max_grad_norm is not None and max_grad_norm != math.inf:  # inf: measure the norm without clipping
+            positive("max_grad_norm", max_grad_norm)
         self.model = model
         self.optimizer = optimizer
         self.window = window

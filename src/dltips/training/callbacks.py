@@ -11,6 +11,7 @@ import time
 from typing import TextIO
 
 from dltips.core.callbacks import Callback, FitState
+from dltips.core.params import positive
 
 
 class ProgressBar(Callback):
@@ -61,9 +62,7 @@ class TimeLimit(Callback):
     """
 
     def __init__(self, seconds: float):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (seconds > 0 and math.isfinite(seconds)):
-            raise ValueError(f"seconds must be a positive number, got {seconds!r}")
-        self.seconds = float(seconds)
+        self.seconds = positive("seconds", seconds)
         self.stopped_at: int | None = None
         self._deadline = math.inf
 

@@ -15,9 +15,9 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from dltips.core.callbacks import Callback, FitState
 from dltips.core.device import resolve_device, to_device
 from dltips.core.io import atomic_write
+from dltips.core.params import ParamError, optional_int, positive, positive_int
 from dltips.core.state import eval_mode, get_rng_state, set_rng_state
-from dltips.monitor.metrics import (
+from dltips.monitor.scores import (
     add_sums,
     metric_sums,
     metrics_from_sums,
@@ -142,138 +143,221 @@ def fit(
     NonFiniteLossError naming the step where it first appeared.
     """
     recipe = recipe if recipe is not None else Recipe()
-    _check_fit_args(epochs, recipe, checkpoint_every, max_steps, sync_every)
+    epochs, checkpoint_every, max_steps, sync_every = _check_fit_args(
+        epochs, recipe, checkpoint_every, max_steps, sync_every)
     task.validate()
+    run = _setup(task, epochs, recipe, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
+                 checkpoint_every=checkpoint_every, max_steps=max_steps, device=device, seed=seed,
+                 progress=progress, sync_every=sync_every)
+    state = run.state
+    start = time.perf_counter()
+    try:
+        for cb in run.callbacks:  # inside the try: a callback that fails to start still gets on_exception
+            cb.on_fit_start(state)
+        while state.epoch < epochs and not state.stop:
+            _train_epoch(run)
+            if not _end_epoch(run):  # stopped mid-epoch
+                break
+        for cb in run.callbacks:
+            cb.on_fit_end(state)
+    except BaseException as error:
+        for cb in run.callbacks:
+            cb.on_exception(state, error)
+        raise
+    finally:
+        if run.owns_group:
+            dist.destroy_process_group()
+    return FitResult(state.history, state.step, time.perf_counter() - start, run.precision.skipped_steps)
+
+
+@dataclass
+class _Run:
+    """What one `fit` call trains with, and the epoch's sums that stay on the device between syncs."""
+
+    state: FitState  # holds the task, the (DDP-wrapped) model, optimizer, scheduler, device and position
+    model: nn.Module  # the unwrapped model: what a checkpoint saves and loads
+    sampler: ShardedSampler
+    drop_last: bool
+    batches_per_epoch: int
+    precision: MixedPrecision
+    accumulator: GradientAccumulator
+    mixup: Mixup | None
+    callbacks: list[Callback]
+    checkpoint: Path | None
+    checkpoint_every: int | None
+    max_steps: int | None
+    sync_every: int
+    owns_group: bool  # the process group was created by this call, which destroys it
+    loss_sum: torch.Tensor = field(init=False)  # summed over the epoch's items
+    item_count: torch.Tensor = field(init=False)
+    first_bad_step: torch.Tensor = field(init=False)  # the first step with a non-finite loss, else -1
+
+    def __post_init__(self) -> None:
+        device = self.state.device
+        self.loss_sum = torch.zeros((), device=device)
+        self.item_count = torch.zeros((), device=device)
+        self.first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
+
+
+def _setup(task: Task, epochs: int, recipe: Recipe, *, callbacks: Sequence[Callback],
+           checkpoint_dir: str | os.PathLike | None, checkpoint_every: int | None, max_steps: int | None,
+           device: str | torch.device, seed: int | None, progress: bool, sync_every: int) -> _Run:
+    """Join the process group, place (and under DDP wrap) the model, build the recipe's parts, and resume."""
     rank, world_size, owns_group = init_distributed()
     device = resolve_device(device, rank=rank)
     if seed is not None:
         _seed_everything(seed + rank)
-
     model = task.model.to(device)
-    optimizer = make_optimizer(task, model, recipe.lr)
-    if recipe.lr is not None and task.optimizer is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.lr
+    optimizer = _optimizer(task, model, recipe.lr)
     train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world_size > 1 else model
-
     sampler = ShardedSampler(len(task.train), shuffle=True, seed=0 if seed is None else seed,
                              rank=rank, world_size=world_size)
-    drop_last = len(sampler) >= task.batch_size  # no batch of one for BatchNorm; equal noise every step
-    batches_per_epoch = len(sampler) // task.batch_size if drop_last else 1
-    steps_per_epoch = math.ceil(batches_per_epoch / recipe.accumulate)
-    total_steps = epochs * steps_per_epoch if max_steps is None else min(epochs * steps_per_epoch, max_steps)
+    drop_last, batches_per_epoch, total_steps = _plan_steps(len(sampler), task.batch_size, recipe.accumulate,
+                                                            epochs, max_steps)
     scheduler = OneCycle(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2),
                          pct_start=recipe.pct_start) if recipe.one_cycle else None
     precision = MixedPrecision(recipe.precision, device_type=device.type)
-    accumulator = GradientAccumulator(train_model, optimizer, recipe.accumulate, precision, recipe.max_grad_norm)
-    mixup = _make_mixup(task, recipe.mixup)
-    loss_fn = task.loss_fn
+    run = _Run(
+        state=FitState(task, train_model, optimizer, scheduler, epochs, total_steps, device, rank, world_size),
+        model=model, sampler=sampler, drop_last=drop_last, batches_per_epoch=batches_per_epoch, precision=precision,
+        accumulator=GradientAccumulator(train_model, optimizer, recipe.accumulate, precision, recipe.max_grad_norm),
+        mixup=_make_mixup(task, recipe.mixup),
+        callbacks=[*callbacks, ProgressBar()] if progress else list(callbacks),
+        checkpoint=Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None,
+        checkpoint_every=checkpoint_every, max_steps=max_steps, sync_every=sync_every, owns_group=owns_group,
+    )
+    if run.checkpoint is not None and run.checkpoint.exists():
+        _load_checkpoint(run)
+    run.state.stop = max_steps is not None and run.state.step >= max_steps  # resumed after its last step
+    return run
 
-    state = FitState(task, train_model, optimizer, scheduler, epochs, total_steps, device, rank, world_size)
-    callbacks = [*callbacks, ProgressBar()] if progress else list(callbacks)
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    loss_sum, item_count = torch.zeros((), device=device), torch.zeros((), device=device)
-    if checkpoint is not None and checkpoint.exists():
-        loss_sum, item_count = _load_checkpoint(checkpoint, state, model, precision)
-    first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
 
-    def sync() -> None:
-        """Read the device once: the epoch's mean loss, and whether any loss was non-finite (on any rank)."""
-        totals, bad = torch.stack([loss_sum, item_count]), first_bad_step.clone()
-        if world_size > 1:
-            dist.all_reduce(totals)
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        total_loss, total_items = totals.tolist()
-        bad = int(bad)
-        if bad >= 0:
-            raise NonFiniteLossError(
-                f"the training loss became NaN or infinite at step {bad} (epoch {state.epoch + 1}); training "
-                "stopped. A loss that explodes usually means a learning rate that is too high or a bad "
-                "initialisation: see `dltips tips initialization` and `dltips tips update-ratio`, and check "
-                "the inputs for NaN values."
-            )
-        state.train_loss = total_loss / total_items if total_items > 0 else math.nan
-        for cb in callbacks:
-            cb.on_sync(state)
+def _optimizer(task: Task, model: nn.Module, lr: float | None) -> torch.optim.Optimizer:
+    """The Task's optimizer (or the default AdamW), with the recipe's `lr` in every group when it sets one."""
+    optimizer = make_optimizer(task, model, lr)
+    if lr is not None and task.optimizer is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    return optimizer
 
-    state.stop = max_steps is not None and state.step >= max_steps  # resumed after its last step
-    start = time.perf_counter()
-    try:
-        for cb in callbacks:  # inside the try: a callback that fails to start still gets on_exception
-            cb.on_fit_start(state)
-        while state.epoch < epochs and not state.stop:
-            sampler.set_epoch(state.epoch, start=state.batch * task.batch_size)
-            # A private generator: making the iterator must not draw from the global RNG, or a resumed
-            # epoch would draw once more than the uninterrupted one.
-            loader = DataLoader(task.train, batch_size=task.batch_size, sampler=sampler, drop_last=drop_last,
-                                generator=torch.Generator())
-            train_model.train()
-            for cb in callbacks:
-                cb.on_epoch_start(state)
-            for x, y in loader:
-                x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
-                if task.augment is not None:
-                    x = task.augment(x)
-                n = count_items(task.kind, y)
-                target = y
-                if mixup is not None:
-                    x, target = mixup(x, y)
-                last = state.batch == batches_per_epoch - 1
-                with accumulator.micro_batch(n_items=n, last=last):
-                    with precision.autocast():
-                        loss = loss_fn(train_model(x), target)
-                    accumulator.backward(loss * n)
-                loss = loss.detach().float()
-                first_bad_step.masked_fill_((first_bad_step < 0) & ~torch.isfinite(loss), state.step + 1)
-                loss_sum += loss * n
-                item_count += n
-                state.loss = loss
-                state.batch += 1
-                if not accumulator.stepped:
-                    continue
-                state.step += 1
-                if scheduler is not None:
-                    scheduler.step()
-                for cb in callbacks:
-                    cb.on_step_end(state)
-                if state.step % sync_every == 0:
-                    sync()
-                if max_steps is not None and state.step >= max_steps:
-                    state.stop = True
-                periodic = checkpoint_every and state.step % checkpoint_every == 0
-                if checkpoint is not None and periodic and not last and not state.stop:  # else saved below
-                    sync()
-                    _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
-                if state.stop:
-                    break
-            sync()
-            stopped_mid_epoch = state.batch < batches_per_epoch
-            if checkpoint is not None and stopped_mid_epoch:  # a resumed run finishes this epoch
-                _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
-            metrics = evaluate(train_model, task, task.valid, device=device, precision=precision)
-            for cb in callbacks:
-                cb.on_eval_end(state, metrics)
-            state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": state.train_loss, **metrics})
-            for cb in callbacks:
-                cb.on_epoch_end(state)
-            if stopped_mid_epoch:
+
+def _plan_steps(n_items: int, batch_size: int, accumulate: int, epochs: int,
+                max_steps: int | None) -> tuple[bool, int, int]:
+    """(drop_last, batches per epoch, optimizer steps of the run) for a rank's shard of `n_items` items.
+
+    The last partial batch is dropped (no batch of one for BatchNorm; equal noise every step) unless
+    the shard holds less than one batch, which then trains as one.
+    """
+    drop_last = n_items >= batch_size
+    batches_per_epoch = n_items // batch_size if drop_last else 1
+    total_steps = epochs * math.ceil(batches_per_epoch / accumulate)
+    return drop_last, batches_per_epoch, total_steps if max_steps is None else min(total_steps, max_steps)
+
+
+def _train_epoch(run: _Run) -> None:
+    """The epoch's remaining batches, in accumulation windows, until it ends or training stops."""
+    state, task = run.state, run.state.task
+    run.sampler.set_epoch(state.epoch, start=state.batch * task.batch_size)
+    # A private generator: making the iterator must not draw from the global RNG, or a resumed
+    # epoch would draw once more than the uninterrupted one.
+    loader = DataLoader(task.train, batch_size=task.batch_size, sampler=run.sampler, drop_last=run.drop_last,
+                        generator=torch.Generator())
+    state.model.train()
+    for cb in run.callbacks:
+        cb.on_epoch_start(state)
+    for x, y in loader:
+        _train_micro_batch(run, x, y)
+        if run.accumulator.stepped:
+            _end_step(run)
+            if state.stop:
                 break
-            state.epoch, state.batch = state.epoch + 1, 0
-            loss_sum.zero_()
-            item_count.zero_()
-            if checkpoint is not None:
-                _save_checkpoint(checkpoint, state, model, precision, loss_sum, item_count)
-        for cb in callbacks:
-            cb.on_fit_end(state)
-    except BaseException as error:
-        for cb in callbacks:
-            cb.on_exception(state, error)
-        raise
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
-    return FitResult(state.history, state.step, time.perf_counter() - start, precision.skipped_steps)
+
+
+def _train_micro_batch(run: _Run, x: Any, y: torch.Tensor) -> None:
+    """Forward and backward one micro-batch (the accumulator steps when it closes a window); sum its loss."""
+    state, task = run.state, run.state.task
+    x, y = to_device(x, state.device, non_blocking=True), y.to(state.device, non_blocking=True)
+    if task.augment is not None:
+        x = task.augment(x)
+    n = count_items(task.kind, y)
+    target = y
+    if run.mixup is not None:
+        x, target = run.mixup(x, y)
+    last = state.batch == run.batches_per_epoch - 1
+    with run.accumulator.micro_batch(n_items=n, last=last):
+        with run.precision.autocast():
+            loss = task.loss_fn(state.model(x), target)
+        run.accumulator.backward(loss * n)
+    loss = loss.detach().float()
+    run.first_bad_step.masked_fill_((run.first_bad_step < 0) & ~torch.isfinite(loss), state.step + 1)
+    run.loss_sum += loss * n
+    run.item_count += n
+    state.loss = loss
+    state.batch += 1
+
+
+def _end_step(run: _Run) -> None:
+    """After an optimizer step: the schedule, callbacks, a sync every `sync_every` steps, a periodic checkpoint."""
+    state = run.state
+    state.step += 1
+    if state.scheduler is not None:
+        state.scheduler.step()
+    for cb in run.callbacks:
+        cb.on_step_end(state)
+    if state.step % run.sync_every == 0:
+        _sync(run)
+    if run.max_steps is not None and state.step >= run.max_steps:
+        state.stop = True
+    periodic = run.checkpoint_every and state.step % run.checkpoint_every == 0
+    last = state.batch == run.batches_per_epoch
+    if run.checkpoint is not None and periodic and not last and not state.stop:  # else _end_epoch saves
+        _sync(run)
+        _save_checkpoint(run)
+
+
+def _sync(run: _Run) -> None:
+    """Read the device once: the epoch's mean loss, and whether any loss was non-finite (on any rank)."""
+    state = run.state
+    totals, bad = torch.stack([run.loss_sum, run.item_count]), run.first_bad_step.clone()
+    if state.world_size > 1:
+        dist.all_reduce(totals)
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    total_loss, total_items = totals.tolist()
+    bad = int(bad)
+    if bad >= 0:
+        raise NonFiniteLossError(
+            f"the training loss became NaN or infinite at step {bad} (epoch {state.epoch + 1}); training "
+            "stopped. A loss that explodes usually means a learning rate that is too high or a bad "
+            "initialisation: see `dltips tips initialization` and `dltips tips update-ratio`, and check "
+            "the inputs for NaN values."
+        )
+    state.train_loss = total_loss / total_items if total_items > 0 else math.nan
+    for cb in run.callbacks:
+        cb.on_sync(state)
+
+
+def _end_epoch(run: _Run) -> bool:
+    """Sync, evaluate, add the epoch's history row and checkpoint; False when training stopped mid-epoch."""
+    state = run.state
+    _sync(run)
+    stopped_mid_epoch = state.batch < run.batches_per_epoch
+    if run.checkpoint is not None and stopped_mid_epoch:  # a resumed run finishes this epoch
+        _save_checkpoint(run)
+    metrics = evaluate(state.model, state.task, state.task.valid, device=state.device, precision=run.precision)
+    for cb in run.callbacks:
+        cb.on_eval_end(state, metrics)
+    state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": state.train_loss, **metrics})
+    for cb in run.callbacks:
+        cb.on_epoch_end(state)
+    if stopped_mid_epoch:
+        return False
+    state.epoch, state.batch = state.epoch + 1, 0
+    run.loss_sum.zero_()
+    run.item_count.zero_()
+    if run.checkpoint is not None:
+        _save_checkpoint(run)
+    return True
 
 
 @torch.no_grad()
@@ -291,7 +375,7 @@ def evaluate(
     accuracy, balanced_accuracy, f1, precision, recall; multilabel: loss,
     accuracy (per label), macro_f1; regression: loss, rmse, mae, mape; language
     model: loss, perplexity, accuracy (next token). The per-batch sums stay on
-    the device and are all-reduced once (see `dltips.monitor.metrics`).
+    the device and are all-reduced once (see `dltips.monitor.scores`).
     """
     if isinstance(model, DistributedDataParallel):
         model = model.module  # ranks may run different numbers of batches: no collectives in forward
@@ -311,23 +395,20 @@ def evaluate(
 
 
 def _check_fit_args(epochs: int, recipe: Recipe, checkpoint_every: int | None, max_steps: int | None,
-                    sync_every: int) -> None:
-    for name, value, allow_none in (("epochs", epochs, False), ("checkpoint_every", checkpoint_every, True),
-                                    ("max_steps", max_steps, True), ("sync_every", sync_every, False),
-                                    ("recipe.accumulate", recipe.accumulate, False)):
-        if value is None and allow_none:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
-    if recipe.lr is not None and not recipe.lr > 0:
-        raise ValueError(f"recipe.lr must be positive or None, got {recipe.lr!r}")
+                    sync_every: int) -> tuple[int, int | None, int | None, int]:
+    """The validated (epochs, checkpoint_every, max_steps, sync_every); the recipe's numbers are checked too."""
+    positive_int("recipe.accumulate", recipe.accumulate)
+    if recipe.lr is not None:
+        positive("recipe.lr", recipe.lr)
+    return (positive_int("epochs", epochs), optional_int("checkpoint_every", checkpoint_every),
+            optional_int("max_steps", max_steps), positive_int("sync_every", sync_every))
 
 
 def _make_mixup(task: Task, alpha: float | None) -> Mixup | None:
     if alpha is None:
         return None
     if task.kind == "language-model":
-        raise ValueError("recipe.mixup is not defined for language models (tokens cannot be blended); use None")
+        raise ParamError("recipe.mixup is not defined for language models (tokens cannot be blended); use None")
     # A model that mixes its own embeddings (e.g. TabularModel) takes its integer ids unmixed, with lam and perm.
     ids = "model" if getattr(task.model, "mixes_embeddings", False) else "error"
     return Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None, ids=ids)
@@ -353,9 +434,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save_checkpoint(path: Path, state: FitState, model: nn.Module, precision: MixedPrecision,
-                     loss_sum: torch.Tensor, item_count: torch.Tensor) -> None:
+def _save_checkpoint(run: _Run) -> None:
     """Write the whole training state (rank 0 only) so that a resumed run is bit-identical."""
+    state = run.state
     rng = get_rng_state()
     rngs = [None] * state.world_size
     if state.world_size > 1:
@@ -364,27 +445,28 @@ def _save_checkpoint(path: Path, state: FitState, model: nn.Module, precision: M
         rngs = [rng]
     if state.rank == 0:
         payload = {
-            "model": model.state_dict(),
+            "model": run.model.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
-            "precision": precision.state_dict(),
+            "precision": run.precision.state_dict(),
             "rng": rngs,
             "epoch": state.epoch,
             "batch": state.batch,
             "step": state.step,
             "history": state.history,
-            "loss_sum": loss_sum.cpu(),
-            "item_count": item_count.cpu(),
+            "loss_sum": run.loss_sum.cpu(),
+            "item_count": run.item_count.cpu(),
             "world_size": state.world_size,
             "total_steps": state.total_steps,
         }
-        atomic_write(path, lambda f: torch.save(payload, f))
+        atomic_write(run.checkpoint, lambda f: torch.save(payload, f))
     if state.world_size > 1:
         dist.barrier()
 
 
-def _load_checkpoint(path: Path, state: FitState, model: nn.Module,
-                     precision: MixedPrecision) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_checkpoint(run: _Run) -> None:
+    """Put the model, optimizer, scheduler, loss scale, RNGs, position and the epoch's sums back."""
+    state, path = run.state, run.checkpoint
     payload = torch.load(path, map_location=state.device, weights_only=False)
     if payload["world_size"] != state.world_size:
         raise ValueError(f"checkpoint {path} was written by {payload['world_size']} processes; "
@@ -393,12 +475,12 @@ def _load_checkpoint(path: Path, state: FitState, model: nn.Module,
         raise ValueError(f"checkpoint {path} belongs to a run of {payload['total_steps']} optimizer steps; this run "
                          f"has {state.total_steps}. Resume with the same epochs, max_steps, batch size and "
                          "accumulation, or start from another checkpoint_dir")
-    model.load_state_dict(payload["model"])
+    run.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     if state.scheduler is not None and payload["scheduler"] is not None:
         state.scheduler.load_state_dict(payload["scheduler"])
-    precision.load_state_dict(payload["precision"])
+    run.precision.load_state_dict(payload["precision"])
     set_rng_state(payload["rng"][state.rank])
     state.epoch, state.batch, state.step = payload["epoch"], payload["batch"], payload["step"]
     state.history = payload["history"]
-    return payload["loss_sum"].to(state.device), payload["item_count"].to(state.device)
+    run.loss_sum, run.item_count = payload["loss_sum"].to(state.device), payload["item_count"].to(state.device)

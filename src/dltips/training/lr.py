@@ -9,7 +9,6 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dltips.core.device import to_device
+from dltips.core.device import model_device, to_device
+from dltips.core.params import ParamError, instance, int_at_least, number, positive, positive_int, probability
 from dltips.core.state import get_rng_state, set_rng_state
 
 __all__ = ["LRFinderResult", "default_lr", "lr_find", "make_optimizer", "scale_lr"]
@@ -34,17 +34,17 @@ _OPTIMIZERS = ("adam", "adamw", "sgd")
 
 def _count_trainable(model: nn.Module | int) -> int:
     if isinstance(model, bool):
-        raise TypeError("model must be an nn.Module or a parameter count (int), got bool")
+        raise ParamError("model must be an nn.Module or a parameter count (int), got bool")
     if isinstance(model, int):
         if model <= 0:
-            raise ValueError(f"parameter count must be > 0, got {model}")
+            raise ParamError(f"parameter count must be > 0, got {model}")
         return model
     if isinstance(model, nn.Module):
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if n == 0:
-            raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+            raise ParamError("model has no trainable parameters (none with requires_grad=True)")
         return n
-    raise TypeError(f"model must be an nn.Module or a parameter count (int), got {type(model).__name__}")
+    raise ParamError(f"model must be an nn.Module or a parameter count (int), got {type(model).__name__}")
 
 
 def default_lr(model: nn.Module | int, optimizer: str = "adamw") -> float:
@@ -80,7 +80,7 @@ def default_lr(model: nn.Module | int, optimizer: str = "adamw") -> float:
     ``model`` may be an int, taken as the parameter count.
     """
     if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {list(_OPTIMIZERS)}")
+        raise ParamError(f"unknown optimizer {optimizer!r}; expected one of {list(_OPTIMIZERS)}")
     n = _count_trainable(model)
     if optimizer.lower() == "sgd":
         return _SGD_LR
@@ -92,22 +92,6 @@ def make_optimizer(task: Any, model: nn.Module, lr: float | None = None) -> Opti
     if task.optimizer is not None:
         return task.optimizer(model.parameters())
     return torch.optim.AdamW(model.parameters(), lr=lr if lr is not None else default_lr(model))
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def _positive_float(name: str, value: Any) -> float:
-    if not isinstance(value, Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
 
 
 def scale_lr(
@@ -126,15 +110,15 @@ def scale_lr(
     (Krizhevsky 2014, arXiv:1404.5997; Malladi et al. 2022 for Adam,
     arXiv:2205.10287) keeps gradient-noise scale fixed and suits Adam.
     """
-    lr = _positive_float("lr", lr)
-    b0 = _positive_int("from_batch", from_batch)
-    b = _positive_int("to_batch", to_batch)
-    b *= _positive_int("accumulation", accumulation) * _positive_int("world_size", world_size)
+    lr = positive("lr", lr)
+    b0 = positive_int("from_batch", from_batch)
+    b = positive_int("to_batch", to_batch)
+    b *= positive_int("accumulation", accumulation) * positive_int("world_size", world_size)
     if rule == "linear":
         return lr * b / b0
     if rule == "sqrt":
         return lr * math.sqrt(b / b0)
-    raise ValueError(f"unknown rule {rule!r}; expected 'linear' or 'sqrt'")
+    raise ParamError(f"unknown rule {rule!r}; expected 'linear' or 'sqrt'")
 
 
 @dataclass
@@ -236,28 +220,21 @@ def lr_find(
     optimizer's state and param groups, and all RNGs are put back exactly
     afterwards, also when an exception escapes.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    instance("model", model, nn.Module, "an nn.Module")
+    instance("optimizer", optimizer, Optimizer, "a torch.optim.Optimizer")
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    start_lr = _positive_float("start_lr", start_lr)
-    end_lr = _positive_float("end_lr", end_lr)
+        raise ParamError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    start_lr = positive("start_lr", start_lr)
+    end_lr = positive("end_lr", end_lr)
     if end_lr <= start_lr:
-        raise ValueError(f"end_lr must be > start_lr, got start_lr={start_lr}, end_lr={end_lr}")
-    num_steps = _positive_int("num_steps", num_steps)
-    if num_steps < 2:
-        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
-    if not isinstance(smooth, Real) or not 0.0 <= smooth < 1.0:
-        raise ValueError(f"smooth must be a number in [0, 1), got {smooth!r}")
-    if not isinstance(diverge, Real) or not diverge > 1.0:
-        raise ValueError(f"diverge must be a number > 1, got {diverge!r}")
-
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        raise ValueError("model has no parameters")
-    device = first.device
+        raise ParamError(f"end_lr must be > start_lr, got start_lr={start_lr}, end_lr={end_lr}")
+    num_steps = int_at_least("num_steps", num_steps, 2)
+    smooth = probability("smooth", smooth)
+    if diverge != math.inf:  # inf: never stop early
+        diverge = number("diverge", diverge, 1.0, open_low=True)
+    if next(model.parameters(), None) is None:
+        raise ParamError("model has no parameters")
+    device = model_device(model)
     snapshot = _Snapshot(model, optimizer)
     try:
         lrs, raw, smoothed, stopped = _range_test(

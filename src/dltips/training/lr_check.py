@@ -37,14 +37,20 @@ import copy
 import math
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Subset
 
+from dltips.core.checks import check_args
+from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, to_device
+from dltips.core.params import int_at_least
 from dltips.findings import Finding
+from dltips.predict import evenly_spaced
 from dltips.task import Task
 from dltips.training.lr import LRFinderResult, default_lr, lr_find, make_optimizer
 
 TIP = "default-lr"
+NUM_STEPS = 100  # steps of the range test
 START_LR, END_LR = 1e-7, 10.0
 MAX_RATIO = 1.0  # Task LR / minimum above this: past the minimum
 MIN_RATIO = 1e-3  # Task LR / minimum below this (a hundredth of the suggestion): far below
@@ -55,21 +61,33 @@ MIN_FALL = 0.002  # ... as does a smoothed loss that fell by less than this frac
 def check_lr(
     task: Task,
     *,
-    num_steps: int = 100,
+    model: nn.Module | None = None,
     device: torch.device | str | None = None,
     seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    num_steps: int = NUM_STEPS,
 ) -> list[Finding]:
-    """Run an LR range test on a copy of the Task's model; judge the Task's LR against it. One Finding."""
-    device = resolve_device(device, task.model)
-    model = copy.deepcopy(task.model).to(device)
+    """Run an LR range test on a copy of `model` (default the Task's); judge the Task's LR against it. One Finding.
+
+    The test takes `num_steps` shuffled training batches (seeded by `seed`), drawn from up to
+    `max_items` evenly spaced training items (default: all of them). Its plan is fixed, so
+    `deadline` does not shorten it.
+    """
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    num_steps = int_at_least("num_steps", num_steps, 2)
+    model = model if model is not None else task.model
+    device = resolve_device(device, model)
+    model = copy.deepcopy(model).to(device)
+    train = task.train if max_items is None else Subset(task.train, evenly_spaced(len(task.train), max_items))
     optimizer = make_optimizer(task, model)
     group_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     task_lr = group_lrs[0]
     family = _family(optimizer)
     suggested_default = default_lr(model, family) if family else default_lr(model)
 
-    loader = DataLoader(task.train, batch_size=task.batch_size, shuffle=True,
-                        drop_last=len(task.train) >= task.batch_size,
+    loader = DataLoader(train, batch_size=task.batch_size, shuffle=True,
+                        drop_last=len(train) >= task.batch_size,
                         generator=torch.Generator().manual_seed(seed))
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout and augmentation draws leave no trace

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dltips.core.params import instance, one_of, optional_int, positive, positive_int, probability
+
 Batch = Tensor | Mapping[str, Tensor]
 
 MIXUP_LAM = "mixup_lam"  # dict key of the per-row weights (float32, (N,)) under Mixup(ids="model")
@@ -67,23 +69,12 @@ class Mixup(nn.Module):
         ids: str = "error",
     ) -> None:
         super().__init__()
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
-        if n_classes is not None and (
-            not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 1
-        ):
-            raise ValueError(f"n_classes must be a positive int or None, got {n_classes!r}")
-        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if ids not in ID_MODES:
-            raise ValueError(f"ids must be one of {', '.join(map(repr, ID_MODES))}, got {ids!r}")
-        self.alpha = float(alpha)
-        self.n_classes = n_classes
-        self.label_smoothing = float(label_smoothing)
-        self.generator = generator
-        self.ids = ids
+        self.alpha = positive("alpha", alpha)
+        self.n_classes = optional_int("n_classes", n_classes)
+        self.label_smoothing = probability("label_smoothing", label_smoothing)
+        self.generator = None if generator is None else instance(
+            "generator", generator, torch.Generator, "a torch.Generator or None")
+        self.ids = one_of("ids", ids, ID_MODES)
         self.last_lam: Tensor | None = None
         self.last_perm: Tensor | None = None
 
@@ -105,8 +96,7 @@ class Mixup(nn.Module):
         to seed numpy's exact Beta sampler. The whole draw is thus a function
         of the torch RNG state.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be a positive int (the batch size), got {n!r}")
+        n = positive_int("n", n)
         g = self.generator
         rng_device = g.device if g is not None else torch.device("cpu")
         seed = int(torch.randint(2**63 - 1, (1,), generator=g, device=rng_device))

@@ -1,4 +1,4 @@
-"""Overfit one example, then a few, then a training subset: can the model learn at all?
+"""Overfit one example, then a few: can the model and its training code learn at all?
 
 `overfit_ladder` trains a fresh copy of the model on 1, 2, 8, 32 training
 items (each rung one full batch, no augmentation) until it predicts every one
@@ -8,124 +8,54 @@ broken (a loss that does not reach the parameters, frozen weights, an optimizer
 over the wrong parameters, a learning rate far off); passing one but failing on
 a few points at batch-dependent layers, label handling or too little capacity.
 
-`check_capacity` trains a fresh copy on a training subset with minibatches and
-asks whether the training error gets near zero (tip `overfit-then-regularize`).
-If it does not, the architecture or the optimisation is the problem and
-regularisation would only make it worse; if it does and the validation error is
-much larger, it ranks the regularisers to try first.
+`check_capacity` (in `dltips.training.capacity`) asks the next question: can the model fit a
+training subset (tip `overfit-then-regularize`).
 
-Both train with the Task's own loss and optimizer at its own constant learning
-rate, in train mode, and never touch `task.model`.
+The ladder trains with the Task's own loss and optimizer at its own constant learning
+rate, in train mode, and never touches `task.model`.
 
 A rung is fitted when, in eval mode (train mode with the running statistics
 kept for a model with BatchNorm, see `_evaluate`), every prediction is right and the loss
-has closed 95% of the gap between its start and the loss of a confident,
-correct prediction (which is not 0 with label smoothing). For a language model
+has closed all but `LOSS_FRACTION` of the gap between its start and the loss of a
+confident, correct prediction (which is not 0 with label smoothing). For a language model
 "every prediction" excludes what no model can know: two sequences that share a
-prefix but continue differently. For regression the loss must close 99% of the
-gap from the smaller of its start and the loss of predicting the rung's mean
-target, so learning the mean alone does not count.
+prefix but continue differently. For regression the loss must close all but
+`REGRESSION_FRACTION` of the gap from the smaller of its start and the loss of predicting
+the rung's mean target, so learning the mean alone does not count.
 
-The capacity check passes at a training error of at most 2% (10% of the target
-variance for regression). When it does not get there, it warns if the error
-has flattened out, and only informs if the error was still falling by more
-than 20% over the second half of the run, or if fewer than 4 measurements
-(every 25 steps, or every epoch) were made: then the budget, not the model,
-was the limit. A training error that becomes NaN warns too. A language model
-is the exception to "near zero": part of its next-token error is the text's
-own unpredictability, so an error that levels off clearly below the
-majority-token baseline (at most `LM_BASELINE_FRACTION`, 95%, of it) is
-reported as `info`; only one at or above that warns.
-
-Calibration (default sizes and steps, AdamW at `default_lr` unless the task
-has its own optimizer; seconds on 2 CPU cores):
-
-    overfit_ladder (sizes 1, 2, 8, 32; max_steps 300): steps to fit each rung
-    healthy                                   1    2    8   32   verdict  seconds
-    digits CNN                               10   10   10   10   pass     0.3 (+2 s first conv call)
-    digits CNN with BatchNorm             skip   10   10   20   pass     0.2
-    digits MLP; wine; imbalanced MLP      10-20 for every rung      pass     < 0.1
-    digits CNN, SGD lr 0.05 momentum 0.9     10   20   20   30   pass     0.3
-    spirals MLP                              10   10   20   50   pass     0.1
-    breast cancer (binary); digits (multilabel)   10-20            pass     < 0.1
-    diabetes (regression; MLP, wide MLP)     20   10-40 30  40-60 pass     0.1-0.5
-    count mod 12 LM (embedding+linear)       30   30   30   30   pass     0.1
-    Markov V=64 LM (GRU; transformer)     20-40 30   30-40 40-70 pass     2.1; 0.8
-    broken                                first failed  cause named                      seconds
-    every parameter frozen                   1       frozen (nothing to optimise)            0.0
-    all frozen but the last bias             1       slow loss; "0.1% trainable"             0.2
-    optimizer over another module's params   1       optimizer holds none of the params      0.2
-    loss on output.detach() + 0*sum(params)  1       no gradient reaches the parameters      0.2
-      (same for regression)                  1       no gradient reaches the parameters      0.2
-    AdamW lr 1e-7                            1       loss barely moved: lr far too low       0.4
-    AdamW lr 3                               8       loss jumped to 1e5: lr far too high     0.5
-    targets shuffled in the loss (MLP, CNN)  2       batch: targets misaligned / capacity    0.5-1.5
-    linear model on spirals                  8       batch / too little capacity             0.4
-    bigram LM on a 3-successor Markov chain  2       batch / too little capacity (a bigram   0.4
-                                                     cannot memorise ambiguous successors)
-    random labels; raw 0-255 pixels          pass    (left to capacity, error gaps, transforms)
-
-    check_capacity (512 items or all, max_steps 600): training error at the end
-    healthy                         error  threshold  steps  verdict
-    digits CNN, also BatchNorm, SGD  0-0.8%   2%       25-75  pass
-    digits MLP; imbalanced MLP      1.0%; 1.4%  2%       50     pass
-    wine; breast cancer             0%; 1.6%    2%       25     pass
-    digits multilabel               0.6%        2%       75     pass
-    spirals MLP                     1.4%        2%      175     pass
-    count mod 12 LM                 0%          2%       25     pass
-    diabetes MLP; wide MLP (MSE)    0.090; 0.076  0.100  300; 225  pass
-    Markov V=64 LM, GRU             26%         2%      600     info (still falling)
-    Markov V=64 LM, transformer     4.2%        2%      600     info (still falling)
-    CharGPT "small", stdlib text    61%         2%      500     info (levelled off by the 20% rule,
-                                                                at 0.72 of the 85% baseline)
-    bigram LM, 3 random successors  65%         2%      600     info (the floor is 2/3; baseline 91%)
-    broken
-    linear model on spirals         53%         2%      600     warn (flat)
-    2 hidden units on digits        31%         2%      600     warn (flat)
-    linear model on diabetes        0.476       0.100   600     warn (flat)
-    bigram LM on the Markov chain   58%         2%      600     info (was warn before the language-
-                                                                model rule: a plateau below 95% of the
-                                                                baseline that this check cannot tell
-                                                                from the floor of real text)
-    model blind to its input (text) 85%         2%     2000     warn (flat, 1.00 of the baseline)
-    AdamW lr 1e-7                   89%         2%      600     warn (flat)
-    all frozen but the last bias    87%         2%      600     warn (flat)
-    random labels (CNN)             2.0%        2%      350     pass: it memorises them; the
-                                                                validation error says the rest
-
-The thresholds leave room on both sides: healthy ladders fit every rung in at
-most 70 of the 300 steps, and the regression capacity threshold (10% of the
-target variance; 5% was reached only after 425 steps on diabetes) keeps the
-noisy diabetes targets inside the budget while a linear model stays flat at
-48%.
+The measurements behind the thresholds are in docs/calibration.md ("overfit-tiny").
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from dltips.core.checks import check_args, renamed_kwargs
+from dltips.core.deadline import Deadline
 from dltips.core.device import model_device, resolve_device, to_device
-from dltips.core.state import eval_mode, grads_kept, modes_kept
+from dltips.core.params import ints, positive_int
+from dltips.core.state import eval_mode, grads_kept, modes_kept, rng_kept
 from dltips.findings import Finding
-from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate
+from dltips.predict import error_rate
 from dltips.task import IGNORE_INDEX, Task
 from dltips.training.lr import make_optimizer
 
-__all__ = ["OverfitResult", "Rung", "check_capacity", "check_overfit_tiny", "overfit_ladder"]
+__all__ = ["OverfitResult", "Rung", "check_overfit_tiny", "overfit_ladder"]
 
 TIP_TINY = "overfit-tiny"
-TIP_CAPACITY = "overfit-then-regularize"
+DEFAULT_SIZES = (1, 2, 8, 32)
 
 # overfit-tiny: a rung passes when every prediction is right (classification-like kinds) and the eval-mode
 # loss has closed this much of the gap between its start and the loss of a perfect prediction.
@@ -138,14 +68,6 @@ MONITOR_SAMPLES = 10  # sampled steps of dltips.watch per rung, to explain a fai
 # A training loss that jumps this many times above its start in the first 20 steps points at a far too high LR
 # (AdamW at lr 3: 1e4-1e5 times); targets shuffled within the batch make it jump about 2 times.
 LR_JUMP = 10.0
-# overfit-then-regularize: "near zero" training error.
-CAPACITY_ERROR = 0.02  # error rate (classification, binary, multilabel, language model)
-CAPACITY_FRACTION = 0.10  # regression: MSE as a fraction of the baseline (the target variance)
-CAPACITY_EVAL_EVERY = 25  # steps between measurements of the training error (at least one epoch)
-IMPROVING = 0.2  # relative fall of the error over the second half of training that counts as "still improving"
-MIN_MEASUREMENTS = 4  # fewer measurements of the training error cannot tell flat from falling
-GAP_ERROR = 0.02  # validation error this much above training error (and twice it) is "much larger"
-GAP_FRACTION = 0.05  # regression: the same, as a fraction of the baseline
 
 
 @dataclass
@@ -193,28 +115,34 @@ class OverfitResult:
         return {r.size: r.curve for r in self.rungs if r.curve}
 
 
+@renamed_kwargs(budget_s="deadline")
 def check_overfit_tiny(
     task: Task,
     *,
-    sizes: Sequence[int] = (1, 2, 8, 32),
-    max_steps: int = 300,
-    budget_s: float | None = None,
-    seed: int = 0,
+    model: nn.Module | None = None,
     device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    max_steps: int = 300,
 ) -> list[Finding]:
     """Overfit 1 training item, then a few (tip `overfit-tiny`); see `overfit_ladder`."""
-    return overfit_ladder(task, sizes=sizes, max_steps=max_steps, budget_s=budget_s, seed=seed,
-                          device=device).findings
+    return overfit_ladder(task, model=model, device=device, seed=seed, max_items=max_items, deadline=deadline,
+                          sizes=sizes, max_steps=max_steps).findings
 
 
+@renamed_kwargs(budget_s="deadline")
 def overfit_ladder(
     task: Task,
     *,
-    sizes: Sequence[int] = (1, 2, 8, 32),
-    max_steps: int = 300,
-    budget_s: float | None = None,
-    seed: int = 0,
+    model: nn.Module | None = None,
     device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    max_steps: int = 300,
 ) -> OverfitResult:
     """Train a fresh copy of the model on each of `sizes` items until it fits them, smallest first.
 
@@ -223,18 +151,27 @@ def overfit_ladder(
     (the question is whether the model and optimiser can fit, not whether the
     regularised model does), trained in train mode for at most
     `max_steps` steps and checked every `CHECK_EVERY` steps in eval mode. The
-    ladder stops at the first failing rung. With `budget_s`, rungs stop when
-    that many seconds have passed since the ladder began, and later rungs are
-    reported as not run. A model with BatchNorm skips the rung of one item
+    ladder stops at the first failing rung. With a `deadline` (or a number of
+    seconds), rungs stop when it has passed, and later rungs are reported as not run.
+    `max_items` caps the largest rung (default: the largest of `sizes`); `model`
+    replaces `task.model` as the model copied. A model with BatchNorm skips the rung of one item
     (BatchNorm cannot train on a batch of one) and starts at 2.
     """
-    sizes = _check_sizes(sizes)
-    _check_positive_int("max_steps", max_steps)
-    if budget_s is not None and not budget_s > 0:
-        raise ValueError(f"budget_s must be positive or None, got {budget_s!r}")
-    torch.manual_seed(seed)
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    sizes = sorted(set(ints("sizes", sizes)))
+    if max_items is not None:
+        sizes = [k for k in sizes if k <= max_items] or [max_items]
+    max_steps = positive_int("max_steps", max_steps)
+    if model is not None:
+        task = dataclasses.replace(task, model=model)
+    with rng_kept(seed):
+        return _climb(task, sizes, max_steps, seed, deadline, device)
+
+
+def _climb(task: Task, sizes: list[int], max_steps: int, seed: int, deadline: Deadline | None,
+           device: torch.device | str | None) -> OverfitResult:
+    """Run the rungs smallest first, stopping at the first that fails or when the deadline has passed."""
     start = time.perf_counter()
-    deadline = start + budget_s if budget_s is not None else math.inf
     n = len(task.train)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     batchnorm = has_batchnorm(task.model)
@@ -250,7 +187,7 @@ def overfit_ladder(
                                             "item in train mode; the ladder starts at 2"))
         elif failed:
             rungs.append(Rung(k, "not run", "an earlier rung failed"))
-        elif time.perf_counter() >= deadline:
+        elif deadline is not None and deadline.expired():
             rungs.append(Rung(k, "not run", "the time budget was spent"))
         else:
             rungs.append(_run_rung(task, order[:k], max_steps, deadline, device))
@@ -262,7 +199,7 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def _run_rung(task: Task, indices: list[int], max_steps: int, deadline: float,
+def _run_rung(task: Task, indices: list[int], max_steps: int, deadline: Deadline | None,
               device: torch.device | str | None) -> Rung:
     """Train a fresh copy on the items at `indices` as one batch; an error in the user's code fails the rung."""
     start = time.perf_counter()
@@ -290,13 +227,13 @@ def _run_rung(task: Task, indices: list[int], max_steps: int, deadline: float,
 
 
 def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Parameter], indices: list[int],
-                max_steps: int, deadline: float) -> None:
+                max_steps: int, deadline: Deadline | None) -> None:
     """The rung's loop: fills in `rung` (steps, losses, curve, status, diagnosis) as it goes."""
     diagnosis, loss_fn = rung.diagnosis, task.loss_fn
     device = model_device(model)
     x, y = _batch(task.train, indices, device)
     optimizer = make_optimizer(task, model)
-    diagnosis["regularisation_switched_off"] = _switch_off_regularisation(model, optimizer)
+    diagnosis["regularisation_switched_off"] = switch_off_regularisation(model, optimizer)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     diagnosis["optimized_fraction"] = sum(id(p) in held for p in trainable) / len(trainable)
     diagnosis["lr"] = float(optimizer.param_groups[0]["lr"]) if optimizer.param_groups else None
@@ -333,7 +270,7 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
                 if correct and rung.final_loss <= target:
                     rung.status = "passed"
                     break
-            if time.perf_counter() >= deadline:
+            if deadline is not None and deadline.expired():
                 rung.status, rung.reason = "stopped", f"the time budget ran out after {step} steps"
                 rung.final_loss, rung.accuracy, _ = _evaluate(model, task, loss_fn, x, y, ceiling)
                 break
@@ -528,86 +465,7 @@ def _curves_figure(rungs: list[Rung]) -> dict:
 # ---------------------------------------------------------------------------------------------- capacity
 
 
-def check_capacity(
-    task: Task,
-    *,
-    n_items: int = 512,
-    max_steps: int = 600,
-    budget_s: float | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    valid_error: float | None = None,
-) -> list[Finding]:
-    """Can the model drive the training error near zero on a training subset? (tip `overfit-then-regularize`)
-
-    Trains a fresh copy on up to `n_items` training items (a seeded subset)
-    with minibatches of `task.batch_size`, no augmentation and no
-    regularisation (dropout probabilities and weight decay set to 0: the tip
-    asks for the capacity first, regularisation second), for at most
-    `max_steps` steps or `budget_s` seconds, stopping once the training error
-    is near zero. `valid_error` (the same error measure on validation data:
-    error rate, or MSE for regression) turns a pass into a ranking of
-    regularisers when it is much larger than the training error. A language
-    model whose error levels off above zero but clearly below the majority-token
-    baseline gets `info`, not `warn`: text has an error floor of its own.
-    """
-    _check_positive_int("n_items", n_items)
-    _check_positive_int("max_steps", max_steps)
-    if budget_s is not None and not budget_s > 0:
-        raise ValueError(f"budget_s must be positive or None, got {budget_s!r}")
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    deadline = start + budget_s if budget_s is not None else math.inf
-    n = min(n_items, len(task.train))
-    indices = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    model = copy.deepcopy(task.model)
-    device = resolve_device(device, model)
-    model.to(device)
-    targets = _targets(task.train, indices)
-    baseline = baseline_error(task.kind, targets, targets)
-    threshold = CAPACITY_FRACTION * baseline if task.kind == "regression" else CAPACITY_ERROR
-    history: list[tuple[int, float]] = []
-    steps, stopped = 0, "max_steps"
-    with grads_kept(task.model):
-        optimizer = make_optimizer(task, model)
-        lr = float(optimizer.param_groups[0]["lr"]) if optimizer.param_groups else None
-        regularisation_off = _switch_off_regularisation(model, optimizer)
-        batch_size = min(task.batch_size, n)
-        steps_per_epoch = n // batch_size
-        every = max(CAPACITY_EVAL_EVERY, steps_per_epoch)
-        generator = torch.Generator().manual_seed(seed)
-        loss_fn = task.loss_fn
-        for x, y in _forever(Subset(task.train, indices), batch_size, generator):
-            model.train()
-            x, y = to_device(x, device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            out_of_time = time.perf_counter() >= deadline
-            if steps % every == 0 or steps == max_steps or out_of_time:
-                history.append((steps, _train_error(model, task, indices, device)))
-                if not math.isfinite(history[-1][1]) or history[-1][1] <= threshold:
-                    stopped = "target" if history[-1][1] <= threshold else "non-finite"
-                    break
-            if steps >= max_steps or out_of_time:
-                stopped = "budget" if out_of_time and steps < max_steps else "max_steps"
-                break
-    train_error = history[-1][1]
-    evidence = {"train_error": train_error, "baseline_error": baseline, "threshold": threshold, "steps": steps,
-                "n_items": n, "batch_size": batch_size, "lr": lr, "stopped_by": stopped, "augmentation": "off",
-                "regularisation_switched_off": regularisation_off,
-                "valid_error": valid_error, "seconds": round(time.perf_counter() - start, 3),
-                "error_curve": {"steps": [s for s, _ in history], "errors": [e for _, e in history]}}
-    figure = {"kind": "lines", "title": "Training error on the subset", "x": [s for s, _ in history],
-              "series": {"train error": [e for _, e in history]}, "xlabel": "step",
-              "ylabel": "MSE" if task.kind == "regression" else "error rate", "xlog": False, "ylog": False,
-              "band": [0.0, threshold]}
-    return [_capacity_finding(task, evidence, history, [figure])]
-
-
-def _switch_off_regularisation(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def switch_off_regularisation(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Set dropout probabilities and weight decay to 0 on a copy: capacity first, regularisation second.
 
     Returns what was switched off, for the evidence.
@@ -623,122 +481,6 @@ def _switch_off_regularisation(model: nn.Module, optimizer: torch.optim.Optimize
     return {"dropout_layers": len(dropout), "weight_decay": decay}
 
 
-def _capacity_finding(task: Task, ev: dict, history: list[tuple[int, float]], figures: list) -> Finding:
-    regression = task.kind == "regression"
-    err, base, n, steps = ev["train_error"], ev["baseline_error"], ev["n_items"], ev["steps"]
-    measure = "MSE" if regression else "error"
-    fmt = (lambda v: f"{v:.4g}") if regression else (lambda v: f"{v:.1%}")
-    numbers = (f"training {measure} of {fmt(err)} on {n} training items after {steps} steps (a constant "
-               f"prediction gets {fmt(base)}; near zero means at most {fmt(ev['threshold'])})")
-    if not math.isfinite(err):
-        return Finding(TIP_CAPACITY, "warn", "Training diverged on a training subset",
-                       f"The training {measure} became NaN or infinite after {steps} steps on {n} training items, "
-                       "so the model's capacity could not be measured.",
-                       "Lower the learning rate (see `dltips tips default-lr`) and check the inputs and the loss "
-                       "for NaN.", ev, figures)
-    if err > ev["threshold"]:
-        ev["trend"] = _trend(history)
-        if ev["trend"] != "flat":
-            limit = "time budget" if ev["stopped_by"] == "budget" else f"step budget ({steps} steps)"
-            why = ("the error was still falling" if ev["trend"] == "falling"
-                   else f"{len(history)} measurements are too few to tell whether the error still falls")
-            return Finding(TIP_CAPACITY, "info", "Capacity not settled within the budget",
-                           f"The model reached a {numbers}; {why} when the {limit} ran out, so this run cannot "
-                           "tell whether it gets near zero.",
-                           "Give the check more steps (max_steps, budget_s) to settle it.", ev, figures)
-        if task.kind == "language-model" and err <= LM_BASELINE_FRACTION * base:
-            return Finding(TIP_CAPACITY, "info", "Training error levelled off above zero, as text allows",
-                           f"The model reached a {numbers}; the error had levelled off. Part of a language "
-                           "model's next-token error is the text's own unpredictability, so a plateau above zero "
-                           f"does not show a capacity limit, and the model beats the majority-token baseline "
-                           f"(at most {LM_BASELINE_FRACTION:.0%} of it).",
-                           "To see whether capacity limits the loss, train a model twice as wide for the same "
-                           "steps: a clearly lower training loss means the smaller one was too small.", ev, figures)
-        return Finding(TIP_CAPACITY, "warn", "The model cannot fit its training data",
-                       f"The model reached a {numbers}, and the error had stopped falling. The architecture or "
-                       "the optimisation is the limit, so regularisation will not help yet: it would only make "
-                       "fitting harder.",
-                       "Make fitting easier first: a bigger model (wider or deeper), normalisation layers, "
-                       "longer training, or a higher learning rate (see `dltips tips default-lr`). Regularise only "
-                       "once the training error is near zero.", ev, figures)
-    valid = ev["valid_error"]
-    gap = (GAP_FRACTION * base) if regression else GAP_ERROR
-    if valid is not None and valid - err > gap and valid >= 2 * err:
-        ranking, why = _regularisers(task)
-        ev["regularisers"] = ranking
-        return Finding(TIP_CAPACITY, "info", "The model fits its training data; regularise next",
-                       f"The model reached a {numbers}, but the validation {measure} is {fmt(valid)}: it "
-                       f"overfits. Try, in this order: {', '.join(ranking)}. {why}",
-                       f"Add {ranking[0]} first, then {ranking[1]}; more training data beats them all when "
-                       "available.", ev, figures)
-    tail = ("" if valid is None else f" The validation {measure}, {fmt(valid)}, is close to it: no sign of "
-                                      "overfitting.")
-    return Finding(TIP_CAPACITY, "pass", "The model can fit its training data",
-                   f"The model reached a {numbers}.{tail}", None, ev, figures)
-
-
-def _regularisers(task: Task) -> tuple[list[str], str]:
-    """Regularisers to try, most promising first for this kind of input, and why."""
-    x = task.train[0][0]
-    if task.kind == "language-model" or (isinstance(x, torch.Tensor) and not x.is_floating_point()):
-        return ["dropout", "weight decay", "early stopping", "data augmentation"], (
-            "For tokens, few transformations keep the label, so dropout and weight decay come first.")
-    if isinstance(x, torch.Tensor) and x.dim() >= 2:
-        return ["data augmentation", "weight decay", "dropout", "early stopping"], (
-            "For images and other signals, label-preserving augmentation adds data, the strongest regulariser "
-            "(see `dltips tips label-preserving-augmentation`).")
-    return ["weight decay", "dropout", "early stopping", "data augmentation"], (
-        "For tabular rows there is no natural label-preserving transformation (mixup needs much longer training), "
-        "so weight decay and dropout come first.")
-
-
-def _trend(history: list[tuple[int, float]]) -> str:
-    """"falling" if the error fell by more than IMPROVING (relative) over the second half of training,
-    "flat" if not, "short" with fewer than MIN_MEASUREMENTS measurements."""
-    if len(history) < MIN_MEASUREMENTS:
-        return "short"
-    half = history[-1][0] / 2
-    early = [e for s, e in history if s <= half] or [history[0][1]]
-    return "falling" if history[-1][1] < (1.0 - IMPROVING) * min(early) else "flat"
-
-
-@torch.no_grad()
-def _train_error(model: nn.Module, task: Task, indices: list[int], device: torch.device) -> float:
-    """The kind's error (`error_rate`) of `model` in eval mode on the training items at `indices`."""
-    outputs, targets = [], []
-    with eval_mode(model):
-        for x, y in DataLoader(Subset(task.train, indices), batch_size=max(task.batch_size, 256)):
-            outputs.append(model(to_device(x, device)).float().cpu())
-            targets.append(y)
-    return error_rate(task.kind, torch.cat(outputs), torch.cat(targets))
-
-
-def _forever(data: Dataset, batch_size: int, generator: torch.Generator) -> Iterator:
-    """Shuffled minibatches, epoch after epoch; no batch smaller than `batch_size` unless it is the only one."""
-    drop_last = len(data) > batch_size
-    while True:
-        yield from DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=drop_last, generator=generator)
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
 def _batch(data: Dataset, indices: list[int], device: torch.device) -> tuple[Any, torch.Tensor]:
     x, y = default_collate([data[i] for i in indices])
     return to_device(x, device), y.to(device)
-
-
-def _targets(data: Dataset, indices: list[int]) -> torch.Tensor:
-    return default_collate([data[i][1] for i in indices])
-
-
-def _check_sizes(sizes: Sequence[int]) -> list[int]:
-    sizes = list(sizes)
-    if not sizes or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in sizes):
-        raise ValueError(f"sizes must be positive ints, got {sizes!r}")
-    return sorted(set(sizes))
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -29,6 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dltips.core.device import model_device
+from dltips.core.params import ParamError, instance, one_of, positive, positive_int
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}
 
 
@@ -46,17 +49,16 @@ class MixedPrecision:
     """
 
     def __init__(self, mode: str = "bf16", device_type: str | torch.device | None = None) -> None:
-        if mode not in _DTYPES:
-            raise ValueError(f"mode must be one of {sorted(_DTYPES)}, got {mode!r}")
+        one_of("mode", mode, sorted(_DTYPES))
         if device_type is None:
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
         elif isinstance(device_type, torch.device):
             device_type = device_type.type
-        elif not isinstance(device_type, str):
-            raise TypeError(f"device_type must be a str such as 'cuda' or 'cpu', got {type(device_type).__name__}")
+        else:
+            instance("device_type", device_type, str, "a str such as 'cuda' or 'cpu'")
         if device_type == "cuda" and not torch.cuda.is_available():
             # torch would only warn and silently disable autocast and scaling.
-            raise ValueError("device_type='cuda' but CUDA is not available; use 'cpu' or leave it None")
+            raise ParamError("device_type='cuda' but CUDA is not available; use 'cpu' or leave it None")
         self.mode = mode
         self.device_type = device_type
         self.enabled = mode != "off"
@@ -78,7 +80,7 @@ class MixedPrecision:
         """Backpropagate `loss`, scaled first in fp16 mode."""
         if not isinstance(loss, Tensor) or loss.ndim != 0:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"loss must be a scalar tensor, got {shape}; reduce it (e.g. .mean()) first")
+            raise ParamError(f"loss must be a scalar tensor, got {shape}; reduce it (e.g. .mean()) first")
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
@@ -120,8 +122,8 @@ class MixedPrecision:
 
         In fp16 mode the norm is inf/nan when the step will be skipped.
         """
-        if not isinstance(max_norm, (int, float)) or isinstance(max_norm, bool) or not max_norm > 0:
-            raise ValueError(f"max_norm must be a number > 0, got {max_norm!r}")
+        if max_norm != math.inf:  # inf: measure the norm without clipping
+            positive("max_norm", max_norm)
         self.unscale_(optimizer)
         return nn.utils.clip_grad_norm_(parameters, max_norm)
 
@@ -141,7 +143,7 @@ class MixedPrecision:
         """
         missing = {"mode", "scaler", "skipped_steps"} - set(state)
         if missing:
-            raise ValueError(f"state is missing keys {sorted(missing)}; expected a MixedPrecision.state_dict()")
+            raise ParamError(f"state is missing keys {sorted(missing)}; expected a MixedPrecision.state_dict()")
         self.skipped_steps = int(state["skipped_steps"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -184,9 +186,8 @@ def plan_from_memory(
     """
     from dltips.training.lr import scale_lr
 
-    for name, v in (("full_per_sample", full_per_sample), ("amp_per_sample", amp_per_sample)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"{name} must be a finite number of bytes > 0, got {v!r}")
+    positive("full_per_sample", full_per_sample)
+    positive("amp_per_sample", amp_per_sample)
     _check_run(batch_size, lr, epochs)
 
     ratio = full_per_sample / amp_per_sample
@@ -239,10 +240,8 @@ def amp_plan(
     the ratio conservative; use a sample batch near the real batch size. The model's
     parameters, gradients, buffers and the RNG state are left as they were.
     """
-    if mode not in ("bf16", "fp16"):
-        raise ValueError(f"mode must be 'bf16' or 'fp16' for a mixed-precision plan, got {mode!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    one_of("mode", mode, ("bf16", "fp16"))
+    instance("model", model, nn.Module, "an nn.Module")
     _check_run(batch_size, lr, epochs)
     from dltips.training.lr import scale_lr
 
@@ -314,18 +313,15 @@ def _peak_pass_bytes(
 
 
 def _check_run(batch_size: int, lr: float, epochs: int) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    positive_int("batch_size", batch_size)
+    positive("lr", lr)
+    positive_int("epochs", epochs)
 
 
 def _split_batch(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, (tuple, list)):
         if len(batch) != 2:
-            raise ValueError(f"sample_batch as a tuple must be (inputs, target), got {len(batch)} items")
+            raise ParamError(f"sample_batch as a tuple must be (inputs, target), got {len(batch)} items")
         return batch[0], batch[1]
     return batch, None
 
@@ -333,7 +329,7 @@ def _split_batch(batch: Any) -> tuple[Any, Any]:
 def _batch_len(inputs: Any) -> int:
     t = _first_tensor(inputs) if isinstance(inputs, Mapping) else inputs
     if not isinstance(t, Tensor) or t.ndim == 0 or t.shape[0] == 0:
-        raise ValueError("sample_batch inputs must be a tensor (or dict of tensors) with a non-empty batch dim")
+        raise ParamError("sample_batch inputs must be a tensor (or dict of tensors) with a non-empty batch dim")
     return t.shape[0]
 
 
@@ -349,6 +345,7 @@ def _first_tensor(obj: Any) -> Tensor:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    raise ValueError("model has no parameters; there is nothing to train in mixed precision")
+    """`model_device`, refusing a model without parameters: there is nothing to train in mixed precision."""
+    if next(model.parameters(), None) is None:
+        raise ParamError("model has no parameters; there is nothing to train in mixed precision")
+    return model_device(model)

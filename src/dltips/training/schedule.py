@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Real
 from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from dltips.core.params import ParamError, instance, int_at_least, number, positive, probability
 
 __all__ = ["OneCycle", "one_cycle_value"]
 
@@ -47,7 +48,7 @@ def one_cycle_value(
     keeps the final value.
     """
     if not 0 <= position <= total_steps:
-        raise ValueError(f"position must be in [0, {total_steps}], got {position}")
+        raise ParamError(f"position must be in [0, {total_steps}], got {position}")
     last = total_steps - 1
     p = min(position, last)
     warmup_end = pct_start * last
@@ -56,42 +57,34 @@ def one_cycle_value(
     return _cosine(peak, end, (p - warmup_end) / (last - warmup_end))
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, Real) and not isinstance(x, bool)
-
-
-def _positive(name: str, value: Any) -> float:
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
 def _max_lrs(max_lr: float | Sequence[float], num_groups: int) -> list[float]:
     if isinstance(max_lr, Sequence) and not isinstance(max_lr, str):
         if len(max_lr) != num_groups:
-            raise ValueError(
+            raise ParamError(
                 f"max_lr has {len(max_lr)} values but the optimizer has {num_groups} "
                 "param groups; pass one value per group or a single float"
             )
-        return [_positive(f"max_lr[{i}]", v) for i, v in enumerate(max_lr)]
-    return [_positive("max_lr", max_lr)] * num_groups
+        return [positive(f"max_lr[{i}]", v) for i, v in enumerate(max_lr)]
+    return [positive("max_lr", max_lr)] * num_groups
 
 
 def _moms(moms: Sequence[float] | None) -> tuple[float, float, float] | None:
     if moms is None:
         return None
     if not isinstance(moms, Sequence) or len(moms) != 3:
-        raise ValueError(
+        raise ParamError(
             f"moms must be a sequence of 3 numbers (start, at peak LR, end) or None, got {moms!r}"
         )
-    for i, m in enumerate(moms):
-        if not _is_number(m):
-            raise TypeError(f"moms[{i}] must be a number, got {type(m).__name__}")
-        if not 0.0 <= m < 1.0:
-            raise ValueError(f"moms[{i}] must be in [0, 1), got {m}")
-    return (float(moms[0]), float(moms[1]), float(moms[2]))
+    start, peak, end = (probability(f"moms[{i}]", m) for i, m in enumerate(moms))
+    return (start, peak, end)
+
+
+def _pct_start(value: Any) -> float:
+    """A fraction strictly inside (0, 1): both phases of the cycle need a length."""
+    value = number("pct_start", value)
+    if not 0.0 < value < 1.0:
+        raise ParamError(f"pct_start must be in (0, 1), got {value!r}")
+    return value
 
 
 def _momentum_key(optimizer: Optimizer) -> str:
@@ -99,7 +92,7 @@ def _momentum_key(optimizer: Optimizer) -> str:
     for key in ("betas", "momentum"):
         if all(key in g for g in optimizer.param_groups):
             return key
-    raise ValueError(
+    raise ParamError(
         f"{type(optimizer).__name__} has no 'momentum' or 'betas' in its param groups, "
         "so momentum cannot be cycled; pass moms=None"
     )
@@ -144,23 +137,15 @@ class OneCycle(LRScheduler):
         moms: Sequence[float] | None = (0.95, 0.85, 0.95),
         last_epoch: int = -1,
     ) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if not isinstance(total_steps, int) or isinstance(total_steps, bool):
-            raise TypeError(f"total_steps must be an int, got {type(total_steps).__name__}")
-        if total_steps < 2:
-            raise ValueError(f"total_steps must be >= 2, got {total_steps}")
-        if not _is_number(pct_start):
-            raise TypeError(f"pct_start must be a number, got {type(pct_start).__name__}")
-        if not 0.0 < pct_start < 1.0:
-            raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
-        if not isinstance(last_epoch, int) or isinstance(last_epoch, bool) or not -1 <= last_epoch < total_steps:
-            raise ValueError(f"last_epoch must be an int in [-1, {total_steps - 1}], got {last_epoch}")
+        instance("optimizer", optimizer, Optimizer, "a torch.optim.Optimizer")
+        total_steps = int_at_least("total_steps", total_steps, 2)
+        pct_start = _pct_start(pct_start)
+        last_epoch = int_at_least("last_epoch", last_epoch, -1, total_steps - 1)
         self.max_lrs = _max_lrs(max_lr, len(optimizer.param_groups))
         self.total_steps = total_steps
-        self.pct_start = float(pct_start)
-        self.div = _positive("div", div)
-        self.div_final = _positive("div_final", div_final)
+        self.pct_start = pct_start
+        self.div = positive("div", div)
+        self.div_final = positive("div_final", div_final)
         self.moms = _moms(moms)
         self.momentum_key = None if self.moms is None else _momentum_key(optimizer)
         super().__init__(optimizer, last_epoch)
