@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dltips.core.params import ParamError
 from dltips.data.inputs import check_inputs
-from dltips.findings import Report
+from dltips.diagnosis.report import Report
 from dltips.task import Task
 
 
@@ -108,7 +109,7 @@ def test_image_statistics_are_per_channel_and_constant_channels_are_fine():
 
 def test_samples_about_n_items_from_a_large_training_set():
     x = RNG.random((5000, 4))
-    (f,) = check_inputs(make_task(x, RNG.integers(0, 2, 5000), batch_size=64), n_items=100)
+    (f,) = check_inputs(make_task(x, RNG.integers(0, 2, 5000), batch_size=64), max_items=100)
     assert 100 <= f.evidence["n_items"] < 100 + 64
 
 
@@ -199,9 +200,32 @@ def test_many_features_keep_a_summary_and_the_worst_offenders():
     assert data["findings"][0]["evidence"]["flags"]["unnormalised"] == ["feature 17", "feature 90", "feature 150"]
 
 
-def test_bad_n_items():
-    with pytest.raises(ValueError, match="n_items"):
-        check_inputs(make_task(RNG.random((10, 2)), RNG.integers(0, 2, 10)), n_items=0)
+def test_bad_max_items():
+    with pytest.raises(ParamError, match="max_items"):
+        check_inputs(make_task(RNG.random((10, 2)), RNG.integers(0, 2, 10)), max_items=0)
+    with pytest.raises(ParamError, match="max_items"):
+        check_inputs(make_task(RNG.random((10, 2)), RNG.integers(0, 2, 10)), max_items="5")
+
+
+def test_the_old_n_items_keyword_still_works_and_warns():
+    task = make_task(RNG.random((300, 3)), RNG.integers(0, 2, 300), batch_size=32)
+    with pytest.warns(DeprecationWarning, match="n_items"):
+        (old,) = check_inputs(task, n_items=64)
+    (new,) = check_inputs(task, max_items=64)
+    assert old.evidence == new.evidence and old.message == new.message
+    with pytest.warns(DeprecationWarning), pytest.raises(ParamError, match="max_items"):
+        check_inputs(task, n_items=0)
+
+
+def test_common_arguments_are_taken():
+    task = make_task(RNG.random((100, 3)), RNG.integers(0, 2, 100))
+    (plain,) = check_inputs(task)
+    (same,) = check_inputs(task, model=task.model, device="auto", seed=0, deadline=60.0)
+    assert same.evidence == plain.evidence
+    with pytest.raises(ParamError, match="seed"):
+        check_inputs(task, seed=-1)
+    with pytest.raises(ParamError, match="deadline"):
+        check_inputs(task, deadline="soon")
 
 
 def test_the_augmentation_is_previewed_on_training_items():

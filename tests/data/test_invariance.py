@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dltips.core.params import ParamError
 from dltips.data.augment import AffineAugment, Lighting
 from dltips.data.invariance import MIN_DROP, MIN_Z, check_label_preserving, describe_invariances
-from dltips.findings import Report
+from dltips.diagnosis.report import Report
 from dltips.task import Task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +48,7 @@ def paired(before_right, after_right):
 
 def test_swapping_two_classes_gives_the_exact_numbers_and_a_warning():
     task, y = class_task([30, 20, 40])
-    (f,) = check_label_preserving(task.model, task, {"swap": swap01})
+    (f,) = check_label_preserving(task, model=task.model, transforms={"swap": swap01})
     e = f.evidence
     assert f.tip == "label-preserving-augmentation" and f.status == "warn"
     assert e["n_items"] == 90 and e["transform"] == "swap"
@@ -75,7 +76,7 @@ def test_items_wrong_before_the_transform_are_paired_and_create_no_confusion():
     x[5:8] = torch.tensor([0.0, 1.0, 0.0])  # class 0 labelled, predicted 1 before, 0 (right) after
     data = TensorDataset(x, torch.as_tensor(y))
     task = Task(task.model, data, data)
-    (f,) = check_label_preserving(task.model, task, {"swap": swap01})
+    (f,) = check_label_preserving(task, model=task.model, transforms={"swap": swap01})
     pred = x.argmax(1).numpy()
     pred_after = swap01(x).argmax(1).numpy()
     drop, se = paired(pred == y, pred_after == y)
@@ -87,7 +88,7 @@ def test_items_wrong_before_the_transform_are_paired_and_create_no_confusion():
 
 def test_identity_passes_with_zero_drop_and_no_confusions():
     task, _ = class_task([30, 20, 40])
-    (f,) = check_label_preserving(task.model, task, {"identity": lambda x: x})
+    (f,) = check_label_preserving(task, model=task.model, transforms={"identity": lambda x: x})
     assert f.status == "pass" and f.fix is None
     e = f.evidence
     assert e["flip_rate"] == 0 and e["drop"] == 0 and e["drop_z"] == 0 and e["confusions"] == []
@@ -97,14 +98,14 @@ def test_identity_passes_with_zero_drop_and_no_confusions():
 def test_the_model_runs_in_eval_mode_and_gets_its_mode_back():
     task, _ = class_task([30, 20, 40])
     model = nn.Sequential(task.model, nn.Dropout(0.9)).train()  # in training mode, dropout scrambles predictions
-    (f,) = check_label_preserving(model, task, {"identity": lambda x: x})
+    (f,) = check_label_preserving(task, model=model, transforms={"identity": lambda x: x})
     assert f.evidence["flip_rate"] == 0 and f.evidence["accuracy"] == 1
     assert model.training and model[1].training
 
 
 def test_a_large_drop_on_few_items_passes_for_lack_of_evidence():
     task, y = class_task([1, 1, 8])
-    (f,) = check_label_preserving(task.model, task, {"swap": swap01})
+    (f,) = check_label_preserving(task, model=task.model, transforms={"swap": swap01})
     drop, se = paired(np.ones(10), y == 2)
     assert drop >= MIN_DROP and drop / se < MIN_Z  # the case tests the standard-error condition
     assert f.evidence["drop"] == pytest.approx(drop) and f.status == "pass"
@@ -112,7 +113,7 @@ def test_a_large_drop_on_few_items_passes_for_lack_of_evidence():
 
 def test_a_small_but_certain_drop_passes():
     task, y = class_task([20, 20, 960], batch_size=256)
-    (f,) = check_label_preserving(task.model, task, {"swap": swap01})
+    (f,) = check_label_preserving(task, model=task.model, transforms={"swap": swap01})
     drop, se = paired(np.ones(1000), y == 2)
     assert drop < MIN_DROP and drop / se >= MIN_Z  # the case tests the absolute condition
     assert f.evidence["drop_z"] == pytest.approx(drop / se) and f.status == "pass"
@@ -120,7 +121,7 @@ def test_a_small_but_certain_drop_passes():
 
 def test_max_items_takes_evenly_spaced_items():
     task, _ = class_task([30, 20, 40])
-    (f,) = check_label_preserving(task.model, task, {"swap": swap01}, max_items=10)
+    (f,) = check_label_preserving(task, model=task.model, transforms={"swap": swap01}, max_items=10)
     assert f.evidence["n_items"] == 10
     # positions round(i * 89 / 9): 0, 10, 20 (class 0), 30, 40, 49 (class 1), 59, 69, 79, 89 (class 2)
     assert f.evidence["flip_rate"] == pytest.approx(6 / 10)
@@ -135,7 +136,7 @@ def test_binary_task_uses_the_sign_of_the_logit():
         layer.bias.zero_()
     data = TensorDataset(x, y)
     task = Task(layer, data, data, kind="binary")
-    negate, shift = check_label_preserving(layer, task, {"negate": lambda b: -b, "shift": lambda b: b + 0.03})
+    negate, shift = check_label_preserving(task, model=layer, transforms={"negate": lambda b: -b, "shift": lambda b: b + 0.03})
     assert negate.status == "warn" and negate.evidence["flip_rate"] == 1 and negate.evidence["drop"] == 1
     # only the item at -1/39 crosses 0 under a shift of 0.03
     assert shift.status == "pass" and shift.evidence["flip_rate"] == pytest.approx(1 / 40)
@@ -175,7 +176,7 @@ def test_module_transform_runs_in_training_mode_and_modes_are_restored():
     aug = mirror_augment().eval()
     task = image_task(augment=aug)
     task.model.train()
-    (f,) = check_label_preserving(task.model, task)  # default: the task's augmentation
+    (f,) = check_label_preserving(task, model=task.model)  # default: the task's augmentation
     assert f.evidence["transform"] == "augment"
     assert f.evidence["flip_rate"] == 1.0 and f.status == "warn"  # in eval mode it would only resize
     assert not aug.training and task.model.training
@@ -193,12 +194,12 @@ def test_global_rng_is_seeded_and_restored():
     task = image_task(n=40, batch_size=64)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    (f,) = check_label_preserving(task.model, task, {"random": random_mirror}, seed=7)
+    (f,) = check_label_preserving(task, model=task.model, transforms={"random": random_mirror}, seed=7)
     assert torch.equal(torch.get_rng_state(), state)
     torch.manual_seed(7)
     expected = (torch.rand(40) < 0.5).double().mean().item()
     assert f.evidence["flip_rate"] == pytest.approx(expected)
-    (again,) = check_label_preserving(task.model, task, {"random": random_mirror}, seed=7)
+    (again,) = check_label_preserving(task, model=task.model, transforms={"random": random_mirror}, seed=7)
     assert again.evidence == f.evidence
     captions = f.figures[1]["captions"]  # changed predictions are shown first
     assert all(captions[i].split("p=")[1] != captions[i + 1].split("p=")[1] for i in range(0, 16, 2))
@@ -209,7 +210,7 @@ def test_a_transform_generator_is_seeded_and_restored():
     state = g.get_state()
     aug = mirror_augment(p=0.5, generator=g)
     task = image_task(n=40, batch_size=64)
-    (f,) = check_label_preserving(task.model, task, {"aug": nn.Sequential(aug)}, seed=3)
+    (f,) = check_label_preserving(task, model=task.model, transforms={"aug": nn.Sequential(aug)}, seed=3)
     assert torch.equal(g.get_state(), state)
     expected = (torch.rand(40, 19, generator=torch.Generator().manual_seed(3), dtype=torch.float64)[:, 0] < 0.5)
     assert f.evidence["flip_rate"] == pytest.approx(expected.double().mean().item())
@@ -221,16 +222,39 @@ def test_a_transform_generator_is_seeded_and_restored():
 def test_bad_transforms_raise_clear_errors():
     task, _ = class_task([5, 5, 5])
     with pytest.raises(TypeError, match=r"transforms\['bad'\] must be a callable"):
-        check_label_preserving(task.model, task, {"ok": lambda x: x, "bad": 3})
+        check_label_preserving(task, model=task.model, transforms={"ok": lambda x: x, "bad": 3})
     with pytest.raises(TypeError, match="transforms must be a dict"):
-        check_label_preserving(task.model, task, [lambda x: x])
-    with pytest.raises(ValueError, match="max_items must be a positive int"):
-        check_label_preserving(task.model, task, {"ok": lambda x: x}, max_items=0)
+        check_label_preserving(task, model=task.model, transforms=[lambda x: x])
+    with pytest.raises(ValueError, match="max_items must be an int >= 1"):
+        check_label_preserving(task, model=task.model, transforms={"ok": lambda x: x}, max_items=0)
+    with pytest.raises(ParamError, match="max_items"):
+        check_label_preserving(task, transforms={"ok": lambda x: x}, max_items="5")
+
+
+def test_the_old_model_first_form_still_works_and_warns():
+    task, _ = class_task([30, 20, 40])
+    (new,) = check_label_preserving(task, model=task.model, transforms={"swap": swap01}, max_items=50)
+    with pytest.warns(DeprecationWarning, match="check_label_preserving"):
+        (old,) = check_label_preserving(task.model, task, {"swap": swap01}, max_items=50)
+    assert (old.status, old.message, old.evidence) == (new.status, new.message, new.evidence)
+    with pytest.warns(DeprecationWarning, match=r"transforms=\.\.\."):
+        (positional,) = check_label_preserving(task, {"swap": swap01}, max_items=50)
+    assert positional.evidence == new.evidence
+
+
+def test_common_arguments_are_taken():
+    task, _ = class_task([30, 20, 40])
+    (plain,) = check_label_preserving(task, transforms={"swap": swap01})
+    (same,) = check_label_preserving(task, transforms={"swap": swap01}, device="auto", seed=0, deadline=60.0)
+    assert same.evidence == plain.evidence
+    for bad in ({"seed": -1}, {"deadline": "soon"}, {"device": "no-such-device"}, {"model": "net"}):
+        with pytest.raises(ParamError, match=next(iter(bad))):
+            check_label_preserving(task, transforms={"swap": swap01}, **bad)
 
 
 def test_incompatible_transforms_give_a_skip_naming_them_and_the_others_still_run():
     task, _ = class_task([5, 5, 5])
-    found = check_label_preserving(task.model, task, {
+    found = check_label_preserving(task, model=task.model, transforms={
         "half": lambda x: x[: len(x) // 2],
         "wide": lambda x: torch.cat([x, x], dim=1),
         "tuple": lambda x: (x,),
@@ -246,12 +270,12 @@ def test_incompatible_transforms_give_a_skip_naming_them_and_the_others_still_ru
 
 def test_skips_for_other_kinds_and_without_transforms():
     task, _ = class_task([5, 5, 5])
-    (nothing,) = check_label_preserving(task.model, task)
+    (nothing,) = check_label_preserving(task, model=task.model)
     assert nothing.status == "skip" and "no augmentation" in nothing.message
     x = torch.rand(10, 3)
     data = TensorDataset(x, torch.rand(10, 3))
     regression = Task(fixed_linear(3), data, data, kind="regression")
-    (f,) = check_label_preserving(regression.model, regression, {"id": lambda b: b})
+    (f,) = check_label_preserving(regression, model=regression.model, transforms={"id": lambda b: b})
     assert f.status == "skip" and "regression" in f.message
 
 
@@ -318,7 +342,7 @@ def test_calibration_on_digits_flags_rotation_and_mirror_but_not_shifts(digits):
         "mirror": lambda x: torch.flip(x, dims=(-1,)),
         "rot180": lambda x: torch.rot90(x, 2, dims=(-2, -1)),
     }
-    found = {f.evidence["transform"]: f for f in check_label_preserving(digits.model, digits, transforms)}
+    found = {f.evidence["transform"]: f for f in check_label_preserving(digits, model=digits.model, transforms=transforms)}
     assert found["identity"].evidence["accuracy"] > 0.95
     assert set(found) == set(transforms)
     for name in ("identity", "noise", "shift", "roll"):

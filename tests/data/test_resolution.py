@@ -4,6 +4,7 @@ from flat_model import Flat
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dltips.core.params import ParamError
 from dltips.data.resolution import SMALL_SIDE, check_image_resolution, image_shape
 from dltips.task import Task
 
@@ -100,6 +101,16 @@ def test_target_size_no_larger_than_training_images_passes():
 def test_bad_target_size_is_rejected(bad):
     with pytest.raises(ValueError, match="target_size"):
         check_image_resolution(image_task(3, 32, 32), target_size=bad)
+
+
+def test_common_arguments_are_taken():
+    task = image_task(3, 32, 32)
+    plain = run(task)
+    assert run(task, model=task.model, device="auto", seed=5, deadline=60.0).evidence == plain.evidence
+    assert run(task, max_items=2).evidence["n_sampled"] == 2
+    for bad in ({"max_items": "5"}, {"seed": -1}, {"deadline": "soon"}, {"device": "no-such-device"}):
+        with pytest.raises(ParamError, match=next(iter(bad))):
+            check_image_resolution(task, **bad)
 
 
 def test_image_shape_reads_layouts():

@@ -7,6 +7,7 @@ from flat_model import Flat
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dltips.core.params import ParamError
 from dltips.data.shift import (
     ALPHA,
     _aucs,
@@ -17,7 +18,7 @@ from dltips.data.shift import (
     ks_2samp,
     label_test,
 )
-from dltips.findings import Report
+from dltips.diagnosis.report import Report
 from dltips.task import Task
 
 
@@ -193,6 +194,19 @@ def test_bad_arguments_are_rejected(kwargs, name):
     x, y = gaussian(100, seed=13)
     with pytest.raises(ValueError, match=name):
         check_val_test_match(make_task(x[:50], y[:50], x[50:], y[50:]), **kwargs)
+
+
+def test_common_arguments_are_taken_and_the_old_keywords_still_work():
+    x, y = gaussian(100, seed=13)
+    task = make_task(x[:50], y[:50], x[50:], y[50:])
+    plain = run(task, seed=2)
+    same = run(task, model=task.model, device="auto", seed=2, deadline=60.0)
+    assert same.evidence == plain.evidence
+    old = run(task, max_items=2000, folds=5, seed=2, device="cpu")  # the keywords of the old signature
+    assert old.evidence == plain.evidence
+    for bad in ({"max_items": "5"}, {"seed": "1"}, {"deadline": "soon"}, {"device": "no-such-device"}):
+        with pytest.raises(ParamError, match=next(iter(bad))):
+            check_val_test_match(task, **bad)
 
 
 def test_bad_inputs_to_input_test():

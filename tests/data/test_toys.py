@@ -276,20 +276,20 @@ def test_messy_categories_known_answers():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: toys.spirals(n=5), r"n must be an int >= 10; got 5"),
-    (lambda: toys.spirals(arms=1), r"arms must be an int in \[2, 12\]"),
-    (lambda: toys.spirals(noise=-0.1), r"noise must be a number in \[0.0, 1.0\]"),
+    (lambda: toys.spirals(n=5), r"n must be an int >= 10, got 5"),
+    (lambda: toys.spirals(arms=1), r"arms must be an int >= 2 and <= 12"),
+    (lambda: toys.spirals(noise=-0.1), r"noise must be a finite number >= 0 and <= 1"),
     (lambda: toys.moons(n=100.0), r"n must be an int"),
     (lambda: toys.moons(noise="0.2"), r"noise must be a number"),
-    (lambda: toys.shapes(size=15), r"size must be an int in \[16, 128\]; got 15"),
-    (lambda: toys.shapes(size=129), r"size must be an int in \[16, 128\]"),
+    (lambda: toys.shapes(size=15), r"size must be an int >= 16 and <= 128, got 15"),
+    (lambda: toys.shapes(size=129), r"size must be an int >= 16 and <= 128"),
     (lambda: toys.shapes(shapes=("circle", "hexagon")), r"shapes must be .*'hexagon'"),
     (lambda: toys.shapes(shapes=("circle",)), r"shapes must be at least two distinct"),
     (lambda: toys.shapes(shapes=("circle", "circle")), r"shapes must be at least two distinct"),
-    (lambda: toys.copy_sequence(vocab=2), r"vocab must be an int in \[3,"),
-    (lambda: toys.reverse_sequence(length=0), r"length must be an int in \[1, 256\]"),
+    (lambda: toys.copy_sequence(vocab=2), r"vocab must be an int >= 3 and"),
+    (lambda: toys.reverse_sequence(length=0), r"length must be an int >= 1 and <= 256"),
     (lambda: toys.copy_sequence(n=True), r"n must be an int"),
-    (lambda: toys.messy_categories(messy=1.5), r"messy must be a number in \[0.0, 1.0\]"),
+    (lambda: toys.messy_categories(messy=1.5), r"messy must be a finite number >= 0 and <= 1"),
     (lambda: toys.messy_categories(n=3), r"n must be an int >= 10"),
 ])
 def test_bad_arguments_are_named(call, match):

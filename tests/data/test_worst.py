@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from dltips.core.params import ParamError
 from dltips.data.worst import check_worst_predictions
-from dltips.findings import Report
+from dltips.diagnosis.report import Report
 from dltips.task import IGNORE_INDEX, Task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +64,7 @@ def classification_task(n=200, c=5, seed=0):
 
 def test_classification_ranking_matches_an_independent_computation():
     task, logits, y = classification_task()
-    (f,) = check_worst_predictions(task.model, task, top=30)
+    (f,) = check_worst_predictions(task, model=task.model, top=30)
     assert f.tip == "worst-predictions" and f.status == "info"
     e = f.evidence
     logp = np_log_softmax(logits)
@@ -97,7 +98,7 @@ def test_binary_lists_false_negatives_and_positives_separately():
     x = id_inputs(n)
     task = Task(Lookup(torch.tensor(z, dtype=torch.float32).unsqueeze(1)), TensorDataset(x, torch.tensor(y)),
                 TensorDataset(x[:8], torch.tensor(y[:8])), kind="binary")
-    (f,) = check_worst_predictions(task.model, task, top=n)
+    (f,) = check_worst_predictions(task, model=task.model, top=n)
     e = f.evidence
     p = 1 / (1 + np.exp(-z.astype(np.float32).astype(np.float64)))
     fn = np.nonzero((y == 1) & (p <= 0.1))[0]
@@ -120,7 +121,7 @@ def test_regression_ranks_by_squared_error_and_shows_a_feature_table():
     y = torch.zeros(n)
     y[7], y[33] = 10.0, -8.0
     task = Task(Lookup(pred.unsqueeze(1)), TensorDataset(x, y), TensorDataset(x[:5], y[:5]), kind="regression")
-    (f,) = check_worst_predictions(task.model, task, top=5)
+    (f,) = check_worst_predictions(task, model=task.model, top=5)
     e = f.evidence
     err = (pred.double() - y.double()).pow(2).numpy()
     assert e["indices"] == np.argsort(-err, kind="stable")[:5].tolist()
@@ -142,7 +143,7 @@ def test_language_model_ranks_sequences_by_mean_token_loss():
     x[:, 0] = torch.arange(n)  # the 'model' reads the id from the first token
     task = Task(Lookup(logits), TensorDataset(x, y), TensorDataset(x[:4], y[:4]), kind="language-model",
                 n_classes=v)
-    (f,) = check_worst_predictions(task.model, task, top=10)
+    (f,) = check_worst_predictions(task, model=task.model, top=10)
     logp = torch.log_softmax(logits.double(), -1)
     mask = y != IGNORE_INDEX
     tok = -logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
@@ -164,7 +165,7 @@ def test_multilabel_lists_items_with_a_confidently_wrong_label():
     x = id_inputs(n)
     task = Task(Lookup(torch.tensor(z)), TensorDataset(x, torch.tensor(y)), TensorDataset(x[:5], torch.tensor(y[:5])),
                 kind="multilabel")
-    (f,) = check_worst_predictions(task.model, task, top=n)
+    (f,) = check_worst_predictions(task, model=task.model, top=n)
     e = f.evidence
     p = 1 / (1 + np.exp(-z.astype(np.float64)))
     loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)
@@ -183,7 +184,7 @@ def test_dense_classification_ranks_by_mean_pixel_loss():
     y = torch.randint(0, 3, (n, 4, 4), generator=g)
     x = id_inputs(n)
     task = Task(Lookup(logits), TensorDataset(x, y), TensorDataset(x[:3], y[:3]))
-    (f,) = check_worst_predictions(task.model, task, top=5)
+    (f,) = check_worst_predictions(task, model=task.model, top=5)
     loss = torch.nn.functional.cross_entropy(logits.double(), y, reduction="none").mean((1, 2)).numpy()
     assert f.evidence["indices"] == np.argsort(-loss, kind="stable")[:5].tolist()
     acc = (logits.argmax(1) == y).double().mean((1, 2)).numpy()
@@ -192,7 +193,7 @@ def test_dense_classification_ranks_by_mean_pixel_loss():
 
 def test_max_items_ranks_an_evenly_spaced_subset_with_positions_in_train():
     task, logits, y = classification_task(n=200)
-    (f,) = check_worst_predictions(task.model, task, top=10, max_items=20)
+    (f,) = check_worst_predictions(task, model=task.model, top=10, max_items=20)
     e = f.evidence
     subset = np.round(np.linspace(0, 199, 20)).astype(int)
     loss = -np_log_softmax(logits)[np.arange(200), y]
@@ -209,7 +210,7 @@ def test_images_figure_fetches_only_the_shown_items():
     train = Counting(x, y)
     task = Task(Lookup(logits), train, TensorDataset(x[:5], y[:5]), batch_size=32)
     train.calls = 0
-    (f,) = check_worst_predictions(task.model, task, top=20)
+    (f,) = check_worst_predictions(task, model=task.model, top=20)
     assert train.calls == n + 16  # one pass to rank, then the 16 shown items
     fig = f.figures[0]
     assert fig["kind"] == "images" and len(fig["images"]) == 16 and len(fig["captions"]) == 16
@@ -223,7 +224,7 @@ def test_model_is_left_as_it_was_and_evidence_is_json():
     task, _, _ = classification_task()
     task.model.train()
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
-    (f,) = check_worst_predictions(task.model, task)
+    (f,) = check_worst_predictions(task, model=task.model)
     assert task.model.training
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
     data = json.loads(Report(task={}, findings=[f]).to_json())["findings"][0]["evidence"]
@@ -234,7 +235,25 @@ def test_model_is_left_as_it_was_and_evidence_is_json():
 def test_bad_arguments(kwargs):
     task, _, _ = classification_task(n=20)
     with pytest.raises(ValueError):
-        check_worst_predictions(task.model, task, **kwargs)
+        check_worst_predictions(task, model=task.model, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_items": "5"}, {"seed": -1}, {"deadline": "soon"}, {"device": "no-such-device"},
+                                    {"model": "net"}, {"top": True}])
+def test_bad_arguments_raise_param_error_naming_them(kwargs):
+    task, _, _ = classification_task(n=20)
+    with pytest.raises(ParamError, match=next(iter(kwargs))):
+        check_worst_predictions(task, **kwargs)
+
+
+def test_the_old_model_first_form_still_works_and_warns():
+    task, _, _ = classification_task(n=40)
+    (new,) = check_worst_predictions(task, model=task.model, top=5)
+    with pytest.warns(DeprecationWarning, match="check_worst_predictions"):
+        (old,) = check_worst_predictions(task.model, task, top=5)
+    assert (old.message, old.evidence) == (new.message, new.evidence)
+    (same,) = check_worst_predictions(task, top=5, device="auto", seed=3, deadline=60.0)
+    assert same.evidence == new.evidence
 
 
 # ---------------------------------------------------------------- calibration: flipped labels on digits
@@ -258,7 +277,7 @@ def test_calibration_flipped_digits_labels_come_first(flip):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     task = Task(model, TensorDataset(x, y_noisy), TensorDataset(x[:50], y[:50]), batch_size=32)
     fit(task, 15, progress=False, device="cpu")
-    (f,) = check_worst_predictions(task.model, task, top=n_flip or 10)
+    (f,) = check_worst_predictions(task, model=task.model, top=n_flip or 10)
     e = f.evidence
     if flip == 0:
         assert e["counts"]["confident_mistakes"] <= 2

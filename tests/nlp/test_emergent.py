@@ -326,9 +326,9 @@ def test_points_are_ordered_by_compute_and_figures_follow():
 def test_scaling_point_and_check_validate():
     with pytest.raises(ValueError, match="same probes"):
         ScalingPoint("s", 10, 10, 600.0, 1.0, scores={"a": 0.5}, totals={})
-    with pytest.raises(ValueError, match=r"share in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"scores\['a'\] \(a share\) must be a finite number >= 0 and <= 1"):
         ScalingPoint("s", 10, 10, 600.0, 1.0, scores={"a": 1.5}, totals={"a": 4})
-    with pytest.raises(ValueError, match="params must be a positive"):
+    with pytest.raises(ValueError, match="params of size 's' must be a finite number > 0"):
         ScalingPoint("s", 0, 10, 600.0, 1.0)
     with pytest.raises(ValueError, match="distinct size names"):
         check_emergent_scaling([points({"a": [0.3]}, [2.0])[0]] * 3)

@@ -6,9 +6,12 @@ import re
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
+from dltips.core.params import ParamError
 from dltips.data.toys import TinyTransformer
 from dltips.nlp.tying import check_weight_tying, count_parameters, find_tied, find_untied, tie_weights, untie_weights
+from dltips.task import Task
 
 # GPT-2 small as published (Radford et al. 2019; Hugging Face's "gpt2" reports 124,439,808 parameters, tied).
 GPT2_VOCAB, GPT2_WIDTH, GPT2_POSITIONS, GPT2_LAYERS = 50257, 768, 1024, 12
@@ -315,6 +318,25 @@ def test_find_functions_reject_a_non_module():
 
 
 # ---------------------------------------------------------------------- the check
+
+
+def test_the_check_takes_a_task_or_a_bare_module_and_the_common_arguments():
+    model = LM()
+    tokens = torch.randint(0, 50, (8, 6), generator=torch.Generator().manual_seed(0))
+    data = TensorDataset(tokens[:, :-1], tokens[:, 1:])
+    task = Task(model, data, data, kind="language-model", n_classes=50)
+    [bare] = check_weight_tying(model)
+    [of_task] = check_weight_tying(task, device="auto", seed=3, max_items=5, deadline=60.0)
+    assert (of_task.status, of_task.message, of_task.evidence) == (bare.status, bare.message, bare.evidence)
+    tied = LM()
+    tie_weights(tied.tok_emb, tied.lm_head)
+    assert check_weight_tying(task, model=tied)[0].status == "pass"
+    for bad in ({"max_items": "5"}, {"seed": -1}, {"deadline": "soon"}, {"device": "no-such-device"},
+                {"model": "net"}):
+        with pytest.raises(ParamError, match=next(iter(bad))):
+            check_weight_tying(task, **bad)
+    with pytest.raises(ParamError, match="max_items"):
+        check_weight_tying(model, max_items="5")
 
 
 def test_check_warns_with_the_saving_and_a_fix_that_names_the_modules():

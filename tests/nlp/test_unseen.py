@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from dltips import Task
+from dltips.core.params import ParamError
 from dltips.nlp import unseen
 from dltips.nlp.unseen import FAIL_MASS, FAIL_RATIO, RARE_COUNT, check_unseen_tokens, measure_unseen_mass, token_counts
 from dltips.training.fit import Recipe, fit
@@ -139,7 +140,7 @@ def test_unseen_mass_equals_the_softmax_sum_computed_by_hand():
     assert counts.tolist() == [2, 3, 1, 0, 0]  # targets 1 2 0 | 1 0 1
     rows = [softmax_row(table[int(x)]) for x, y in zip(valid_x.flatten(), valid_y.flatten()) if int(y) != -100]
     hand_mass = sum(p[3] + p[4] for p in rows) / len(rows)
-    m = measure_unseen_mass(task.model, task, counts)
+    m = measure_unseen_mass(task, model=task.model, counts=counts)
     assert m.n_positions == 5 and m.n_items == 2
     assert m.mass == pytest.approx(hand_mass, rel=1e-6)
     assert m.uniform_mass == pytest.approx(2 / 5)
@@ -152,9 +153,9 @@ def test_unseen_mass_equals_the_softmax_sum_computed_by_hand():
 def test_positions_split_into_blocks_give_the_same_mass(monkeypatch):
     task, *_ = table_task()
     counts = token_counts(task.train, 5)
-    whole = measure_unseen_mass(task.model, task, counts)
+    whole = measure_unseen_mass(task, model=task.model, counts=counts)
     monkeypatch.setattr(unseen, "_SOFTMAX_VALUES", 5)  # one position per block
-    blocks = measure_unseen_mass(task.model, task, counts)
+    blocks = measure_unseen_mass(task, model=task.model, counts=counts)
     assert blocks.mass == pytest.approx(whole.mass, rel=1e-12)
     assert torch.allclose(blocks.mean_probability, whole.mean_probability, rtol=1e-12, atol=0)
 
@@ -163,7 +164,7 @@ def test_finding_reports_the_same_mass_the_worst_unseen_tokens_and_the_validatio
     task, table, valid_x, valid_y = table_task()
     rows = [softmax_row(table[int(x)]) for x, y in zip(valid_x.flatten(), valid_y.flatten()) if int(y) != -100]
     mean_p = [sum(p[t] for p in rows) / len(rows) for t in range(5)]
-    (finding,) = check_unseen_tokens(task.model, task, decode=lambda i: "abcde"[i])
+    (finding,) = check_unseen_tokens(task, model=task.model, decode=lambda i: "abcde"[i])
     ev = finding.evidence
     assert ev["unseen_mass"] == pytest.approx(mean_p[3] + mean_p[4], rel=1e-6)
     worst_first = 3 if mean_p[3] > mean_p[4] else 4
@@ -191,7 +192,7 @@ def constant_task(vocab, n_unseen, mass):
 def test_the_ratio_threshold_separates_masses_just_below_and_just_above_it(factor, status):
     """V = 10 with 5 unseen ids: the uniform mass is 0.5, far above the absolute floor."""
     task = constant_task(10, 5, factor * FAIL_RATIO * 0.5)
-    (finding,) = check_unseen_tokens(task.model, task)
+    (finding,) = check_unseen_tokens(task, model=task.model)
     assert finding.evidence["unseen_mass"] > FAIL_MASS
     assert finding.evidence["ratio_to_uniform"] == pytest.approx(factor * FAIL_RATIO, rel=1e-5)
     assert finding.status == status
@@ -201,7 +202,7 @@ def test_the_ratio_threshold_separates_masses_just_below_and_just_above_it(facto
 def test_the_absolute_floor_separates_masses_just_below_and_just_above_it(factor, status):
     """V = 400 with 1 unseen id: the uniform mass is 0.0025, so both masses are many times the uniform level."""
     task = constant_task(400, 1, factor * FAIL_MASS)
-    (finding,) = check_unseen_tokens(task.model, task)
+    (finding,) = check_unseen_tokens(task, model=task.model)
     assert finding.evidence["ratio_to_uniform"] > FAIL_RATIO
     assert finding.evidence["unseen_mass"] == pytest.approx(factor * FAIL_MASS, rel=1e-5)
     assert finding.status == status
@@ -216,7 +217,7 @@ def test_rare_tokens_are_listed_with_their_counts_and_shares():
     task = lm_task(TableLM(torch.zeros(6, 6)), seq, seq, batch_size=2)
     assert token_counts(task.train, 6).tolist() == [12, 12, 12, 12, 3, 5]  # 56 targets
     assert 5 < RARE_COUNT <= 12  # ids 4 and 5 are rare, ids 0-3 are not
-    (finding,) = check_unseen_tokens(task.model, task)
+    (finding,) = check_unseen_tokens(task, model=task.model)
     ev = finding.evidence
     assert finding.status == "pass" and "Every one of the 6 token ids" in finding.message
     assert ev["n_rare"] == 2
@@ -232,14 +233,14 @@ def test_no_unseen_token_passes_without_running_the_model():
     task = lm_task(TableLM(torch.zeros(6, 6)), seq, seq, batch_size=2)
     calls = []
     task.model.register_forward_hook(lambda *args: calls.append(1))
-    (finding,) = check_unseen_tokens(task.model, task)
+    (finding,) = check_unseen_tokens(task, model=task.model)
     assert finding.status == "pass" and finding.evidence["n_unseen"] == 0 and not calls
 
 
 def test_other_kinds_get_no_finding():
     x = torch.randn(20, 3)
     task = Task(nn.Linear(3, 2), TensorDataset(x, torch.arange(20) % 2), TensorDataset(x, torch.arange(20) % 2))
-    assert check_unseen_tokens(task.model, task) == []
+    assert check_unseen_tokens(task, model=task.model) == []
 
 
 # ---------------------------------------------------------------- calibrated verdicts on trained models
@@ -247,16 +248,16 @@ def test_other_kinds_get_no_finding():
 
 def test_a_short_run_passes_and_the_broken_variants_fail(one_thread):
     task = counting_task()
-    healthy = check_unseen_tokens(trained(task, 200), task)[0]
+    healthy = check_unseen_tokens(task, model=trained(task, 200))[0]
     assert healthy.status == "pass", healthy.message
     assert healthy.evidence["n_unseen"] == 4 and healthy.evidence["uniform_mass"] == pytest.approx(0.25)
-    untrained = check_unseen_tokens(task.model, task)[0]
+    untrained = check_unseen_tokens(task, model=task.model)[0]
     assert untrained.status == "fail" and untrained.evidence["ratio_to_uniform"] > 0.5
 
     def smoothed(o, y):
         return F.cross_entropy(o.flatten(0, -2), y.flatten(), ignore_index=-100, label_smoothing=0.1)
 
-    smoothing = check_unseen_tokens(trained(task, 200, loss=smoothed), task)[0]
+    smoothing = check_unseen_tokens(task, model=trained(task, 200, loss=smoothed))[0]
     assert smoothing.status == "fail"
     assert smoothing.evidence["ratio_to_uniform"] == pytest.approx(0.1, abs=0.02)  # epsilon / V on each id
 
@@ -266,7 +267,7 @@ def test_a_head_bias_that_favours_unseen_tokens_fails(one_thread):
     model = trained(task, 200)
     with torch.no_grad():
         model.head.bias[12:] += 5.0
-    (finding,) = check_unseen_tokens(model, task)
+    (finding,) = check_unseen_tokens(task, model=model)
     assert finding.status == "fail" and finding.fix.startswith("Train longer")  # no unseen id in validation
     assert finding.evidence["valid_unseen_targets"] == 0
     assert {w["id"] for w in finding.evidence["worst_unseen"]} == {12, 13, 14, 15}
@@ -279,7 +280,7 @@ def test_the_model_keeps_its_mode_weights_and_device_and_the_finding_is_json_rea
     task, *_ = table_task()
     task.model.train()
     before = copy.deepcopy(task.model.state_dict())
-    (finding,) = check_unseen_tokens(task.model, task, device="cpu")
+    (finding,) = check_unseen_tokens(task, model=task.model, device="cpu")
     assert task.model.training
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
     json.dumps(finding.to_dict(), allow_nan=False)
@@ -292,19 +293,46 @@ def test_the_model_keeps_its_mode_weights_and_device_and_the_finding_is_json_rea
 def test_bad_arguments():
     task, *_ = table_task()
     with pytest.raises(ValueError, match="counts has 3 entries"):
-        check_unseen_tokens(task.model, task, counts=torch.tensor([1, 2, 3]))
+        check_unseen_tokens(task, model=task.model, counts=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=">= 0"):
-        check_unseen_tokens(task.model, task, counts=torch.tensor([1, -2, 3, 0, 0]))
+        check_unseen_tokens(task, model=task.model, counts=torch.tensor([1, -2, 3, 0, 0]))
     with pytest.raises(ValueError, match="max_items"):
-        check_unseen_tokens(task.model, task, max_items=0)
+        check_unseen_tokens(task, model=task.model, max_items=0)
     with pytest.raises(ValueError, match="decode"):
-        check_unseen_tokens(task.model, task, decode="abc")
+        check_unseen_tokens(task, model=task.model, decode="abc")
+
+
+def test_the_old_model_first_forms_still_work_and_warn():
+    task, *_ = table_task()
+    counts = token_counts(task.train, 5)
+    new = measure_unseen_mass(task, model=task.model, counts=counts)
+    with pytest.warns(DeprecationWarning, match="measure_unseen_mass"):
+        old = measure_unseen_mass(task.model, task, counts)
+    assert old.mass == new.mass and old.n_positions == new.n_positions
+    assert measure_unseen_mass(task).mass == new.mass  # model and counts default to the task's
+    (finding,) = check_unseen_tokens(task, model=task.model, counts=counts)
+    with pytest.warns(DeprecationWarning, match="check_unseen_tokens"):
+        (before,) = check_unseen_tokens(task.model, task, counts)
+    assert (before.status, before.message, before.evidence) == (finding.status, finding.message, finding.evidence)
+
+
+def test_common_arguments_are_taken():
+    task, *_ = table_task()
+    (plain,) = check_unseen_tokens(task)
+    (same,) = check_unseen_tokens(task, model=task.model, device="auto", seed=4, deadline=60.0)
+    assert same.evidence["unseen_mass"] == pytest.approx(plain.evidence["unseen_mass"], rel=1e-6)
+    for bad in ({"max_items": "5"}, {"seed": -1}, {"deadline": "soon"}, {"device": "no-such-device"},
+                {"model": "net"}):
+        with pytest.raises(ParamError, match=next(iter(bad))):
+            check_unseen_tokens(task, **bad)
+    with pytest.raises(ParamError, match="max_items"):
+        measure_unseen_mass(task, max_items="5")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda_and_leaves_the_model_on_the_cpu():
     task, *_ = table_task()
-    (finding,) = check_unseen_tokens(task.model, task, device="cuda")
-    (reference,) = check_unseen_tokens(task.model, task)
+    (finding,) = check_unseen_tokens(task, model=task.model, device="cuda")
+    (reference,) = check_unseen_tokens(task, model=task.model)
     assert finding.evidence["unseen_mass"] == pytest.approx(reference.evidence["unseen_mass"], rel=1e-6)
     assert all(p.device.type == "cpu" for p in task.model.parameters())

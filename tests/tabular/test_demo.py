@@ -83,7 +83,7 @@ def test_worst_predictions_show_rows_as_read():
 
     task = tabular_task()
     data = data_of(task)
-    finding, = check_worst_predictions(task.model, task, device="cpu")
+    finding, = check_worst_predictions(task, model=task.model, device="cpu")
     table = finding.figures[0]
     assert table["columns"][:4] == ["index", "target", "prediction", "loss"]
     assert table["columns"][4:] == ["street", "x1", "x2", "x3"]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -47,6 +48,17 @@ def resolve_device(device: str | torch.device | None = None, model: nn.Module | 
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ParamError("device 'mps' was asked for but it is not available; use 'cpu' or 'auto'")
     return device
+
+
+def model_on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` itself when its parameters and buffers are on `device`, else a copy moved there (`model` stays put)."""
+    index = device.index
+    if index is None and device.type != "cpu":  # "cuda" means the current device, "mps" its only one
+        index = torch.cuda.current_device() if device.type == "cuda" else 0
+    if all(t.device.type == device.type and t.device.index == index
+           for t in (*model.parameters(), *model.buffers())):
+        return model
+    return copy.deepcopy(model).to(device)
 
 
 def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:

@@ -107,6 +107,13 @@ def instance(name: str, value: Any, types: type | tuple[type, ...], expected: st
     return value
 
 
+def flag(name: str, value: Any) -> bool:
+    """`value` if it is True or False (not a truthy stand-in such as 1 or "yes")."""
+    if not isinstance(value, bool):
+        raise ParamError(f"{name} must be True or False, got {_shown(value)}")
+    return value
+
+
 def callable_or_none(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise ParamError(f"{name} must be a callable or None, got {type(value).__name__}")

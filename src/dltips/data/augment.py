@@ -46,10 +46,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dltips.core.params import ParamError, fraction, instance, int_at_least, ints, number, one_of
 
 TIP = "compose-augmentations"
 MODES = ("bilinear", "nearest", "bicubic")
@@ -62,48 +65,39 @@ ALIAS_SHRINK = 2.0  # one bilinear resample shrinking by more than this aliases
 
 
 def _check_images(x: object, name: str = "x") -> torch.Tensor:
-    """A float (N, C, H, W) tensor, or a TypeError/ValueError naming `name` and what was expected."""
+    """A float (N, C, H, W) tensor, or a ParamError naming `name` and what was expected."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a float tensor of shape (N, C, H, W), got {type(x).__name__}")
+        raise ParamError(f"{name} must be a float tensor of shape (N, C, H, W), got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor (N, C, H, W), got dtype {x.dtype}; convert with {name}.float()")
+        raise ParamError(f"{name} must be a float tensor (N, C, H, W), got dtype {x.dtype}; convert with {name}.float()")
     if x.dim() != 4:
-        raise ValueError(f"{name} must have 4 dimensions (N, C, H, W), got {x.dim()} with shape {tuple(x.shape)}")
+        raise ParamError(f"{name} must have 4 dimensions (N, C, H, W), got {x.dim()} with shape {tuple(x.shape)}")
     if x.shape[-1] < 1 or x.shape[-2] < 1:
-        raise ValueError(f"{name} must have a positive height and width, got shape {tuple(x.shape)}")
+        raise ParamError(f"{name} must have a positive height and width, got shape {tuple(x.shape)}")
     return x
 
 
 def _check_size(size: object, name: str = "size") -> tuple[int, int]:
     """(height, width) of positive ints; an int means a square."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if (not isinstance(size, Sequence) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
-        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {size!r}")
-    return int(size[0]), int(size[1])
+    pair = (size, size) if isinstance(size, Integral) else size
+    if isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
+        try:
+            height, width = ints(name, list(pair))
+            return height, width
+        except ParamError:
+            pass
+    raise ParamError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {size!r}")
 
 
-def _check_range(value: object, name: str, low: float, high: float, *, high_open: bool = False) -> float:
-    """A real number in [low, high] (or [low, high) when `high_open`), else a ValueError naming it."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must be a number in [{low}, {high}{bracket}, got {value!r}")
-    return float(value)
+def _below(value: float, name: str, low: float, high: float) -> float:
+    """`value` (already checked to lie in [low, high]) if it is below `high`: the bound is open."""
+    if value >= high:
+        raise ParamError(f"{name} must be a number in [{low}, {high}), got {value!r}")
+    return value
 
 
-def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return str(value)
-
-
-def _check_generator(generator: object) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
+def _generator(generator: object) -> torch.Generator | None:
+    return None if generator is None else instance("generator", generator, torch.Generator, "a torch.Generator or None")
 
 
 def _uniform(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -216,22 +210,23 @@ class AffineAugment(nn.Module):
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.size = _check_size(size)
-        self.flip = _check_range(flip, "flip (a probability)", 0.0, 1.0)
-        self.max_rotate = _check_range(max_rotate, "max_rotate (degrees)", 0.0, 180.0)
+        self.flip = fraction("flip (a probability)", flip)
+        self.max_rotate = number("max_rotate (degrees)", max_rotate, 0.0, 180.0)
         if not isinstance(zoom, Sequence) or len(zoom) != 2:
-            raise ValueError(f"zoom must be a (low, high) pair of positive numbers with low <= high, got {zoom!r}")
-        low = _check_range(zoom[0], "zoom[0]", 1e-3, 1e3)
-        high = _check_range(zoom[1], "zoom[1]", 1e-3, 1e3)
+            raise ParamError(f"zoom must be a (low, high) pair of positive numbers with low <= high, got {zoom!r}")
+        low = number("zoom[0]", zoom[0], 1e-3, 1e3)
+        high = number("zoom[1]", zoom[1], 1e-3, 1e3)
         if low > high:
-            raise ValueError(f"zoom must be a (low, high) pair with low <= high, got {tuple(zoom)!r}")
+            raise ParamError(f"zoom must be a (low, high) pair with low <= high, got {tuple(zoom)!r}")
         self.zoom = (low, high)
-        self.max_translate = _check_range(max_translate, "max_translate (a fraction of the size)", 0.0, 1.0)
-        self.max_shear = _check_range(max_shear, "max_shear (degrees)", 0.0, 80.0)
-        self.max_warp = _check_range(max_warp, "max_warp (a fraction of the size)", 0.0, 0.5, high_open=True)
-        self.p_affine = _check_range(p_affine, "p_affine (a probability)", 0.0, 1.0)
-        self.mode = _check_choice(mode, "mode", MODES)
-        self.pad = _check_choice(pad, "pad", PADS)
-        self.generator = _check_generator(generator)
+        self.max_translate = fraction("max_translate (a fraction of the size)", max_translate)
+        self.max_shear = number("max_shear (degrees)", max_shear, 0.0, 80.0)
+        warp = "max_warp (a fraction of the size)"
+        self.max_warp = _below(number(warp, max_warp, 0.0, 0.5), warp, 0.0, 0.5)
+        self.p_affine = fraction("p_affine (a probability)", p_affine)
+        self.mode = one_of("mode", mode, MODES)
+        self.pad = one_of("pad", pad, PADS)
+        self.generator = _generator(generator)
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, flip={self.flip}, max_rotate={self.max_rotate}, zoom={self.zoom}, "
@@ -240,8 +235,7 @@ class AffineAugment(nn.Module):
 
     def _steps(self, n: int) -> dict[str, torch.Tensor]:
         """Per-step float64 CPU sampling matrices, from one draw of (n, 19) uniforms."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        n = int_at_least("n", n, 0)
         u = _uniform(n, 19, self.generator).cpu()
         gate = u[:, 14:19] < self.p_affine  # rotate, zoom, translate, shear, warp
         aspect = self.size[1] / self.size[0]
@@ -294,10 +288,10 @@ class AffineAugment(nn.Module):
         by more than 2x everywhere are area-averaged first by the integer factor (see the module docstring).
         """
         x = _check_images(x)
-        mode = self.mode if mode is None else _check_choice(mode, "mode", MODES)
+        mode = self.mode if mode is None else one_of("mode", mode, MODES)
         if not isinstance(matrices, torch.Tensor) or matrices.shape != (x.shape[0], 3, 3):
             got = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
-            raise ValueError(f"matrices must be a tensor of shape ({x.shape[0]}, 3, 3) for x of batch size "
+            raise ParamError(f"matrices must be a tensor of shape ({x.shape[0]}, 3, 3) for x of batch size "
                              f"{x.shape[0]}, got {got}")
         matrices = matrices.to(x.device)
         if mode != "nearest" and len(x):
@@ -325,10 +319,10 @@ class AffineAugment(nn.Module):
         if not isinstance(points, torch.Tensor) or not points.is_floating_point() or points.dim() != 3 \
                 or points.shape[-1] != 2:
             got = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
-            raise ValueError(f"points must be a float tensor of shape (N, K, 2) holding (x, y), got {got}")
+            raise ParamError(f"points must be a float tensor of shape (N, K, 2) holding (x, y), got {got}")
         if not isinstance(matrices, torch.Tensor) or matrices.shape != (points.shape[0], 3, 3):
             got = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
-            raise ValueError(f"matrices must be a tensor of shape ({points.shape[0]}, 3, 3), got {got}")
+            raise ParamError(f"matrices must be a tensor of shape ({points.shape[0]}, 3, 3), got {got}")
         p = points.double()
         norm = torch.stack([(2 * p[..., 0] + 1) / in_w - 1, (2 * p[..., 1] + 1) / in_h - 1, torch.ones_like(p[..., 0])],
                            dim=-1)
@@ -361,8 +355,8 @@ def presize(image: torch.Tensor, size: int | tuple[int, int], mode: str = "bilin
     if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.dim() not in (3, 4):
         got = f"{image.dtype} tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) \
             else type(image).__name__
-        raise ValueError(f"image must be a float tensor (C, H, W) or (N, C, H, W), got {got}")
-    mode = _check_choice(mode, "mode", ("bilinear", "bicubic"))
+        raise ParamError(f"image must be a float tensor (C, H, W) or (N, C, H, W), got {got}")
+    mode = one_of("mode", mode, ("bilinear", "bicubic"))
     batch = image if image.dim() == 4 else image[None]
     scale = max(h / batch.shape[-2], w / batch.shape[-1])
     covered = (max(h, round(batch.shape[-2] * scale)), max(w, round(batch.shape[-1] * scale)))
@@ -384,10 +378,10 @@ class Lighting(nn.Module):
     def __init__(self, brightness: float = 0.2, contrast: float = 0.2, p: float = 0.75,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.brightness = _check_range(brightness, "brightness", 0.0, math.inf)
-        self.contrast = _check_range(contrast, "contrast", 0.0, 1.0)
-        self.p = _check_range(p, "p (a probability)", 0.0, 1.0)
-        self.generator = _check_generator(generator)
+        self.brightness = number("brightness", brightness, 0.0)
+        self.contrast = fraction("contrast", contrast)
+        self.p = fraction("p (a probability)", p)
+        self.generator = _generator(generator)
 
     def extra_repr(self) -> str:
         return f"brightness={self.brightness}, contrast={self.contrast}, p={self.p}"

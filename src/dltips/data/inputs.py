@@ -49,13 +49,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from dltips.core.device import model_device, to_device
+from dltips.core.checks import check_args, renamed_kwargs
+from dltips.core.deadline import Deadline
+from dltips.core.device import resolve_device, to_device
 from dltips.findings import Finding
 from dltips.task import Task
 
 TIP = "verify-transforms"
+MAX_ITEMS = 512  # training items summarised by default
 UNNORMALISED_STD = 10.0
 UNNORMALISED_ABS = 20.0  # on the 99th percentile of |x|
 TINY_IMAGE_STD = 0.1
@@ -79,13 +83,29 @@ class ChannelStats:
     flags: list[str] = field(default_factory=list)
 
 
-def check_inputs(task: Task, *, n_items: int = 512, seed: int = 0) -> list[Finding]:
-    """Summarise what the model receives (after `task.augment`) and flag bad scaling; one Finding."""
-    if not isinstance(n_items, int) or isinstance(n_items, bool) or n_items < 1:
-        raise ValueError(f"n_items must be a positive int, got {n_items!r}")
+@renamed_kwargs(n_items="max_items")
+def check_inputs(
+    task: Task,
+    *,
+    model: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+) -> list[Finding]:
+    """Summarise what the model receives (after `task.augment`) and flag bad scaling; one Finding.
+
+    Reads shuffled training batches (drawn with `seed`) until `max_items` (default MAX_ITEMS) items
+    are seen; `task.augment` runs on `device` (default: where `model`, default `task.model`, is).
+    The model itself is not run. `deadline` is accepted for the common check signature. The old
+    keyword `n_items` still works for one release, with a DeprecationWarning.
+    """
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    n_items = MAX_ITEMS if max_items is None else max_items
+    device = resolve_device(device, task.model if model is None else model)
     accumulators: dict[str, _Accumulator] = {}
     n_seen = 0
-    for x in _training_inputs(task, n_items, seed):
+    for x in _training_inputs(task, n_items, seed, device):
         named = x if isinstance(x, dict) else {"x": x}
         for key, value in named.items():
             if key not in accumulators:
@@ -96,21 +116,20 @@ def check_inputs(task: Task, *, n_items: int = 512, seed: int = 0) -> list[Findi
     report = {key: acc.result() for key, acc in accumulators.items()}
     finding = _finding(task, report, n_seen, keyed=len(report) > 1 or "x" not in report)
     if task.augment is not None:
-        finding.figures.append(_augment_preview(task, seed))
+        finding.figures.append(_augment_preview(task, seed, device))
     return [finding]
 
 
 PREVIEWED = 6  # training items shown before and after the Task's augmentation
 
 
-def _augment_preview(task: Task, seed: int) -> dict:
+def _augment_preview(task: Task, seed: int, device: torch.device) -> dict:
     """A few training items before and after `task.augment` (an "images" figure; empty for non-images)."""
     from dltips.data.preview import preview
 
     items = [task.train[i][0] for i in range(min(PREVIEWED, len(task.train)))]
     if any(not isinstance(x, torch.Tensor) for x in items):
         return {"kind": "images", "title": "Augmentation preview (inputs are not tensors)", "images": []}
-    device = model_device(task.model)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():  # the preview's draws leave no trace
         torch.manual_seed(seed)
@@ -120,9 +139,8 @@ def _augment_preview(task: Task, seed: int) -> dict:
     return figure
 
 
-def _training_inputs(task: Task, n_items: int, seed: int):
-    """Inputs of shuffled training batches, augmented as in training, until `n_items` are seen."""
-    device = model_device(task.model)
+def _training_inputs(task: Task, n_items: int, seed: int, device: torch.device):
+    """Inputs of shuffled training batches, augmented as in training (on `device`), until `n_items` are seen."""
     loader = DataLoader(task.train, batch_size=min(task.batch_size, n_items), shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     seen = 0

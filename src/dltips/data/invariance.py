@@ -22,7 +22,7 @@ way and its state restored. Transforms that are `nn.Module`s run in training
 mode (augmentation is a training-time step; `AffineAugment` only resizes in
 eval mode) and get their modes back afterwards.
 
-Bad inputs: a `transforms` that is not a dict of callables raises TypeError.
+Bad inputs: a `transforms` that is not a dict of callables raises ParamError (a TypeError).
 A transform that returns something that is not a batch of the same number of
 items, or whose output the model cannot take, gives a `skip` finding naming
 it (the other transforms are still checked). Errors raised by the transform
@@ -61,16 +61,21 @@ drops 17%): check the model trained with the augmentation under test.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from dltips.core.device import resolve_device, to_device
+from dltips.core.checks import check_args, task_first
+from dltips.core.deadline import Deadline
+from dltips.core.device import model_on_device, resolve_device, to_device
+from dltips.core.params import ParamError, instance
 from dltips.data.augment import AffineAugment, Lighting
 from dltips.data.worst import display_image, is_image
 from dltips.findings import Finding
@@ -85,6 +90,9 @@ MIN_Z = 4.0  # ... and at least this many standard errors
 MIN_FLIP = 0.10  # or: predictions changed on at least this share of the items (and MIN_Z standard errors)
 TOP_CONFUSIONS = 10  # rows of the confusion table
 FIGURE_PAIRS = 8  # original/transformed pairs in the images figure
+MAX_ITEMS = 1000  # validation items read by default
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -105,25 +113,52 @@ class _Incompatible(Exception):
 # ----------------------------------------------------------------------------- the check
 
 
+def _positional_transforms(function: F) -> F:
+    """Accept `transforms` by position after the task (the old form) for one release, with a DeprecationWarning."""
+
+    @functools.wraps(function)
+    def wrapper(task: Any, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            if len(args) > 1 or "transforms" in kwargs:
+                raise TypeError(f"{function.__name__}() takes the task and keyword options only")
+            warnings.warn(f"{function.__name__}(task, transforms) is deprecated; use "
+                          f"{function.__name__}(task, transforms=...)", DeprecationWarning, stacklevel=3)
+            kwargs["transforms"] = args[0]
+        return function(task, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@task_first
+@_positional_transforms
 def check_label_preserving(
-    model: nn.Module,
     task: Task,
-    transforms: dict[str, Callable] | None = None,
     *,
-    max_items: int = 1000,
-    seed: int = 0,
+    model: nn.Module | None = None,
     device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    transforms: dict[str, Callable] | None = None,
 ) -> list[Finding]:
     """Per transform, how often a trained `model` changes its prediction on transformed validation items.
 
-    `transforms` maps a name to a batch -> batch callable (default: {"augment": task.augment}). Each runs
-    on up to `max_items` evenly spaced validation items, seeded with `seed` (see the module docstring).
-    One Finding per transform: `warn` when the accuracy drop is at least MIN_DROP and MIN_Z standard
-    errors, else `pass`; `skip` for kinds other than classification and binary, with nothing to check, or
-    when the transform's output does not fit the model. Evidence: "n_items", "flip_rate", "accuracy",
-    "accuracy_transformed", "drop", "drop_se", "drop_z", "per_class", "confusions".
+    `model` is the trained model (default `task.model`), run in eval mode on `device` (default: where
+    it is; a copy runs when `device` is elsewhere). `transforms` maps a name to a batch -> batch
+    callable (default: {"augment": task.augment}). Each runs on up to `max_items` (default MAX_ITEMS)
+    evenly spaced validation items, seeded with `seed` (see the module docstring). The check has no
+    time plan; `deadline` is accepted for the common check signature. One Finding per transform: `warn`
+    when the accuracy drop is at least MIN_DROP and MIN_Z standard errors, else `pass`; `skip` for kinds
+    other than classification and binary, with nothing to check, or when the transform's output does
+    not fit the model. Evidence: "n_items", "flip_rate", "accuracy", "accuracy_transformed", "drop",
+    "drop_se", "drop_z", "per_class", "confusions". The old form `check_label_preserving(model, task,
+    transforms)` still works for one release, with a DeprecationWarning.
     """
-    transforms = _check_args(task, transforms, max_items, seed)
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    instance("task", task, Task, "a dltips.Task")
+    model = task.model if model is None else instance("model", model, nn.Module, "an nn.Module or None")
+    device = resolve_device(device, model)
+    transforms = _transforms(task, transforms)
     if task.kind not in KINDS:
         return [_skip(f"The check compares predicted classes; a {task.kind} task has none.",
                       {"kind": task.kind})]
@@ -131,8 +166,8 @@ def check_label_preserving(
         return [_skip("The task has no augmentation and no transforms were given: nothing to check.", {})]
     if len(task.valid) == 0:
         return [_skip("The validation set is empty: nothing to check.", {})]
-    device = resolve_device(device, model)
-    positions = evenly_spaced(len(task.valid), max_items)
+    model = model_on_device(model, device)
+    positions = evenly_spaced(len(task.valid), MAX_ITEMS if max_items is None else max_items)
     findings = []
     for name, transform in transforms.items():
         try:
@@ -144,25 +179,17 @@ def check_label_preserving(
     return findings
 
 
-def _check_args(task: Task, transforms: Any, max_items: Any, seed: Any) -> dict[str, Callable]:
-    """The transforms to check, or TypeError/ValueError naming the bad argument."""
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a dltips.Task, got {type(task).__name__}")
-    if not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1:
-        raise ValueError(f"max_items must be a positive int, got {max_items!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+def _transforms(task: Task, transforms: Any) -> dict[str, Callable]:
+    """The transforms to check (default: the Task's augmentation), or ParamError naming a bad one."""
     if transforms is None:
         return {"augment": task.augment} if task.augment is not None else {}
-    if not isinstance(transforms, dict):
-        raise TypeError(f"transforms must be a dict {{name: callable batch -> batch}} or None, "
-                        f"got {type(transforms).__name__}")
+    instance("transforms", transforms, dict, "a dict {name: callable batch -> batch} or None")
     for name, transform in transforms.items():
         if not isinstance(name, str):
-            raise TypeError(f"transforms keys must be names (str), got {name!r}")
+            raise ParamError(f"transforms keys must be names (str), got {name!r}")
         if not callable(transform):
-            raise TypeError(f"transforms[{name!r}] must be a callable batch -> batch, "
-                            f"got {type(transform).__name__}")
+            raise ParamError(f"transforms[{name!r}] must be a callable batch -> batch, "
+                             f"got {type(transform).__name__}")
     return dict(transforms)
 
 
@@ -396,7 +423,7 @@ def describe_invariances(augment: Callable | None) -> list[Finding]:
         return [Finding(TIP_INVARIANCES, "skip", "No augmentation", "The task has no augmentation, so it "
                         "asserts no invariance.", None, {"invariances": [], "unknown": []})]
     if not callable(augment) and not isinstance(augment, (list, tuple)):
-        raise TypeError(f"augment must be a callable, a list of callables or None, got {type(augment).__name__}")
+        raise ParamError(f"augment must be a callable, a list of callables or None, got {type(augment).__name__}")
     invariances: list[dict] = []
     unknown: list[str] = []
     for part in _parts(augment):
@@ -420,7 +447,7 @@ def describe_invariances(augment: Callable | None) -> list[Finding]:
     if unknown:
         head += f" Cannot tell what {', '.join(unknown)} assert{'s' if len(unknown) == 1 else ''}."
     fix = ("Keep only the invariances that hold for this task; check them with "
-           "`check_label_preserving(model, task)` on a trained model.")
+           "`check_label_preserving(task, model=trained_model)`.")
     return [Finding(TIP_INVARIANCES, "info", title, f"{head} {reminder}", fix, evidence)]
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from dltips.core.io import atomic_write
+from dltips.core.params import ParamError, int_at_least
 
 CELL = 96  # pixels per grid cell side
 GAP = 4  # pixels between cells
@@ -84,11 +85,10 @@ def preview(
     written atomically; `Preview.png` holds its bytes either way.
     """
     steps = _steps(pipeline)
-    if not isinstance(cell, int) or isinstance(cell, bool) or cell < 8:
-        raise ValueError(f"preview(cell=...) must be an int >= 8 (pixels), got {cell!r}")
+    cell = int_at_least("cell (pixels)", cell, 8)
     samples = [s[0] if isinstance(s, tuple) and len(s) == 2 else s for s in samples]
     if not samples:
-        raise ValueError("preview needs at least one sample")
+        raise ParamError("preview needs at least one sample")
     stages = ["input", *(name for name, _ in steps)]
     values: list[list[Any]] = []
     for i, sample in enumerate(samples):
@@ -113,8 +113,8 @@ def _steps(pipeline: Any) -> list[tuple[str, Callable]]:
     items = list(pipeline.items()) if isinstance(pipeline, dict) else list(pipeline)
     for item in items:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and callable(item[1])):
-            raise TypeError("preview(pipeline=...) expects (name, callable) pairs or a dict {name: callable}; "
-                        f"got {item!r}")
+            raise ParamError("preview(pipeline=...) expects (name, callable) pairs or a dict {name: callable}; "
+                             f"got {item!r}")
     return items
 
 
@@ -135,7 +135,7 @@ def to_pixels(value: Any) -> np.ndarray | None:
     Tensors are read as (C, H, W) or (H, W); numpy arrays and PIL images as
     (H, W, C) or (H, W), the conventions of each library.
     """
-    from dltips.diagnosis.report import image_pixels
+    from dltips.core.png import image_pixels
 
     array = as_array(value)
     if array is None:
@@ -161,7 +161,7 @@ def stage_stats(stage: str, values: list[Any]) -> StageStats:
 
 def grid_png(pixels: list[list[np.ndarray | None]], cell: int = CELL) -> bytes:
     """One PNG: a row per sample, a column per stage; each image scaled to fit a `cell` square (nearest)."""
-    from dltips.diagnosis.report import png_bytes
+    from dltips.core.png import png_bytes
 
     rows, columns = len(pixels), max(len(row) for row in pixels)
     canvas = np.full((GAP + rows * (cell + GAP), GAP + columns * (cell + GAP), 3), 255, dtype=np.uint8)

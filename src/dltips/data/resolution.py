@@ -27,7 +27,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
+from dltips.core.checks import check_args
+from dltips.core.deadline import Deadline
+from dltips.core.device import resolve_device
+from dltips.core.params import positive_int
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced
 from dltips.task import Task
@@ -73,18 +78,31 @@ def image_shape(x: object) -> ImageShape | None:
     return found
 
 
-def check_image_resolution(task: Task, *, target_size: int | None = None) -> list[Finding]:
+def check_image_resolution(
+    task: Task,
+    *,
+    model: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    target_size: int | None = None,
+) -> list[Finding]:
     """Note training images smaller than SMALL_SIDE px on their shorter side; one Finding.
 
     `target_size` (optional): the shorter side, in pixels, of the images the
     model will meet in use. Training at that size or above passes even when it
     is small, since the conclusions are then drawn at the size that matters.
+    Reads `max_items` (default SAMPLED_ITEMS) evenly spaced training items; the
+    model is not run and nothing is drawn at random, so `model`, `device`,
+    `seed` and `deadline` are validated for the common check signature only.
     """
-    if target_size is not None and (not isinstance(target_size, int) or isinstance(target_size, bool)
-                                    or target_size < 1):
-        raise ValueError(f"target_size must be a positive int (pixels) or None, got {target_size!r}")
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    resolve_device(device, task.model if model is None else model)
+    if target_size is not None:
+        target_size = positive_int("target_size", target_size)
     shapes = []
-    for i in evenly_spaced(len(task.train), SAMPLED_ITEMS):
+    for i in evenly_spaced(len(task.train), SAMPLED_ITEMS if max_items is None else max_items):
         x = task.train[i][0]
         shape = image_shape(x)
         if shape is None:

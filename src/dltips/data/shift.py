@@ -71,21 +71,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from dltips.core.device import model_device
+from dltips.core.checks import check_args
+from dltips.core.deadline import Deadline
+from dltips.core.device import resolve_device
+from dltips.core.params import ParamError, int_at_least, one_of
 from dltips.findings import Finding
 from dltips.task import Task
 
 TIP = "val-test-match"
 ALPHA = 0.001  # per test; two tests, so at most 0.002 family-wise (Bonferroni)
 MIN_ITEMS = 20  # items needed in each of validation and test
+MAX_ITEMS = 2000  # validation and test items read in all, by default
 MAX_FEATURES = 128  # features kept; beyond, principal components (floats) or the most frequent tokens (integers)
 SHORT_CODES = 32  # an integer item with at most this many elements is read as category codes
 RIDGE = 1.0  # ridge penalty on standardised features (times d / n when features outnumber items)
 MIN_EXPECTED = 5.0  # chi-square: classes expected fewer times than this in a set are merged
 TOP_FEATURES = 5  # most discriminating features named in the message
+LABEL_KINDS = ("classification", "binary", "multilabel", "regression")  # kinds whose labels are compared
 
 _FIX = ("Validation and test must come from the same distribution, or the validation score says little about "
         "the test score (training data may differ from both). Build both from the same source with one random "
@@ -128,22 +134,27 @@ class LabelTest:
 def check_val_test_match(
     task: Task,
     *,
-    max_items: int = 2000,
+    model: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
     folds: int = 5,
     permutations: int = 200,
-    seed: int = 0,
-    device: torch.device | str | None = None,
 ) -> list[Finding]:
     """Test whether the validation set stands in for the test set (inputs and labels); one Finding.
 
-    `max_items` validation and test items in all (half from each) go into the
-    inputs test; `folds` and `permutations` set its cross-validation and null
-    distribution. `device` defaults to the model's device.
+    `max_items` validation and test items in all (half from each; default MAX_ITEMS, at least
+    2 * MIN_ITEMS) go into the inputs test; `folds` and `permutations` set its cross-validation and
+    null distribution, `seed` its draws. The model is not run: `model` (default `task.model`) only
+    sets the default device. The test has no time plan; `deadline` is accepted for the common
+    check signature.
     """
-    _check_int("max_items", max_items, 2 * MIN_ITEMS)
-    _check_int("folds", folds, 2)
-    _check_int("permutations", permutations, 19)
-    _check_int("seed", seed, 0)
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    max_items = MAX_ITEMS if max_items is None else int_at_least("max_items", max_items, 2 * MIN_ITEMS)
+    folds = int_at_least("folds", folds, 2)
+    permutations = int_at_least("permutations", permutations, 19)
+    device = resolve_device(device, task.model if model is None else model)
     if task.test is None:
         return [Finding(TIP, "skip", "No test set: validation and test cannot be compared",
                         "The task has no test set, so there is nothing to compare the validation set with.",
@@ -154,8 +165,6 @@ def check_val_test_match(
                         f"Validation has {n_valid} items and test {n_test}; at least {MIN_ITEMS} each are needed "
                         "for a two-sample test.", None, {"n_valid": n_valid, "n_test": n_test,
                                                          "min_items": MIN_ITEMS})]
-    if device is None:
-        device = model_device(task.model)
     generator = torch.Generator().manual_seed(seed)
     n_each = min(n_valid, n_test, max_items // 2)
     valid_idx = torch.randperm(n_valid, generator=generator)[:n_each].sort().values
@@ -185,7 +194,7 @@ def input_test(
     """Classifier two-sample test between two batches of inputs (tensors, or dicts of tensors, of equal length)."""
     n0, n1 = _length(x_valid, "x_valid"), _length(x_test, "x_test")
     if n0 != n1:
-        raise ValueError(f"x_valid and x_test must hold the same number of items, got {n0} and {n1}")
+        raise ParamError(f"x_valid and x_test must hold the same number of items, got {n0} and {n1}")
     pooled = _concat(x_valid, x_test)
     features, names, representation = featurise(pooled, seed=seed)
     features = features.to(device)
@@ -211,7 +220,7 @@ def featurise(x: Any, *, seed: int = 0) -> tuple[torch.Tensor, list[str] | None,
     blocks, names, kinds = [], [], []
     for key, value in named.items():
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"inputs must be tensors or dicts of tensors; {key!r} is a {type(value).__name__}")
+            raise ParamError(f"inputs must be tensors or dicts of tensors; {key!r} is a {type(value).__name__}")
         prefix = f"{key}" if isinstance(x, dict) else "x"
         if value.is_floating_point() or value.dtype == torch.bool:
             block, block_names, kind = _float_features(value.reshape(len(value), -1).double(), prefix, seed)
@@ -229,7 +238,7 @@ def featurise(x: Any, *, seed: int = 0) -> tuple[torch.Tensor, list[str] | None,
 
 def _float_features(v: torch.Tensor, prefix: str, seed: int) -> tuple[torch.Tensor, list[str] | None, str]:
     if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"inputs {prefix!r} contain NaN or infinite values; clean them before comparing sets")
+        raise ParamError(f"inputs {prefix!r} contain NaN or infinite values; clean them before comparing sets")
     z, kept = _standardise(v)
     names = [f"{prefix}[{i}]" for i in kept.tolist()]
     if z.shape[1] <= MAX_FEATURES:
@@ -318,14 +327,13 @@ def _top_features(x: torch.Tensor, labels: torch.Tensor, names: list[str]) -> li
 
 def label_test(kind: str, y_valid: torch.Tensor, y_test: torch.Tensor) -> LabelTest:
     """Compare the label distributions of two sets, by the rule for the task's `kind`."""
+    one_of("kind", kind, LABEL_KINDS)
     y_valid, y_test = torch.as_tensor(y_valid), torch.as_tensor(y_test)
     if kind in ("classification", "binary"):
         return _class_test(y_valid.reshape(-1).long(), y_test.reshape(-1).long())
     if kind == "multilabel":
         return _multilabel_test(y_valid.reshape(len(y_valid), -1), y_test.reshape(len(y_test), -1))
-    if kind == "regression":
-        return _regression_test(y_valid.reshape(len(y_valid), -1).double(), y_test.reshape(len(y_test), -1).double())
-    raise ValueError(f"kind must be classification, binary, multilabel or regression, got {kind!r}")
+    return _regression_test(y_valid.reshape(len(y_valid), -1).double(), y_test.reshape(len(y_test), -1).double())
 
 
 def _class_test(y_valid: torch.Tensor, y_test: torch.Tensor) -> LabelTest:
@@ -384,7 +392,7 @@ def chi2_homogeneity(counts: torch.Tensor) -> tuple[float, int]:
     """Pearson's chi-square statistic and degrees of freedom of a contingency table (rows: sets, columns: classes)."""
     counts = torch.as_tensor(counts, dtype=torch.float64)
     if counts.dim() != 2 or bool((counts < 0).any()):
-        raise ValueError(f"counts must be a 2-d table of non-negative counts, got shape {tuple(counts.shape)}")
+        raise ParamError(f"counts must be a 2-d table of non-negative counts, got shape {tuple(counts.shape)}")
     counts = counts[counts.sum(1) > 0][:, counts.sum(0) > 0]
     if counts.shape[0] < 2 or counts.shape[1] < 2:
         return 0.0, 0
@@ -394,8 +402,7 @@ def chi2_homogeneity(counts: torch.Tensor) -> tuple[float, int]:
 
 def chi2_sf(statistic: float, dof: int) -> float:
     """P(chi-square with `dof` degrees of freedom >= statistic): the regularised upper incomplete gamma Q(dof/2, x/2)."""
-    if not isinstance(dof, int) or dof < 0:
-        raise ValueError(f"dof must be a non-negative int, got {dof!r}")
+    dof = int_at_least("dof", dof, 0)
     if dof == 0:
         return 1.0
     if not statistic > 0:
@@ -408,7 +415,7 @@ def ks_2samp(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov statistic D and its asymptotic p-value (with Stephens' small-sample correction)."""
     a, b = torch.as_tensor(a, dtype=torch.float64).flatten(), torch.as_tensor(b, dtype=torch.float64).flatten()
     if len(a) == 0 or len(b) == 0:
-        raise ValueError(f"both samples must be non-empty, got {len(a)} and {len(b)} values")
+        raise ParamError(f"both samples must be non-empty, got {len(a)} and {len(b)} values")
     a, b = a.sort().values, b.sort().values
     points = torch.cat([a, b])
     cdf_a = torch.searchsorted(a, points, right=True).double() / len(a)
@@ -493,18 +500,18 @@ def _length(x: Any, name: str) -> int:
     if isinstance(x, dict) and x and all(isinstance(v, torch.Tensor) for v in x.values()):
         lengths = {len(v) for v in x.values()}
         if len(lengths) != 1:
-            raise ValueError(f"{name}: the tensors of a dict input must have equal lengths, got {sorted(lengths)}")
+            raise ParamError(f"{name}: the tensors of a dict input must have equal lengths, got {sorted(lengths)}")
         return lengths.pop()
-    raise TypeError(f"{name} must be a tensor or a non-empty dict of tensors, got {type(x).__name__}")
+    raise ParamError(f"{name} must be a tensor or a non-empty dict of tensors, got {type(x).__name__}")
 
 
 def _concat(a: Any, b: Any) -> Any:
     if isinstance(a, dict):
         if not isinstance(b, dict) or set(a) != set(b):
-            raise ValueError("x_valid and x_test must both be tensors or dicts with the same keys")
+            raise ParamError("x_valid and x_test must both be tensors or dicts with the same keys")
         return {k: torch.cat([a[k], b[k]]) for k in a}
     if not isinstance(b, torch.Tensor) or a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"x_valid and x_test must have the same item shape, got {tuple(a.shape[1:])} and "
+        raise ParamError(f"x_valid and x_test must have the same item shape, got {tuple(a.shape[1:])} and "
                          f"{tuple(getattr(b, 'shape', ())[1:])}")
     return torch.cat([a, b])
 
@@ -520,7 +527,3 @@ def _share(count: Any, total: Any) -> float:
 def _p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from dltips.core.params import ParamError, int_at_least, number
 from dltips.task import IGNORE_INDEX, Task
 
 __all__ = [
@@ -92,19 +93,6 @@ class Toy:
 # Shared helpers -----------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        expected = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
-        raise ValueError(f"{name} must be {expected}; got {value!r}")
-    return value
-
-
-def _check_float(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}]; got {value!r}")
-    return float(value)
-
-
 def _split_indices(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train, valid and test index tensors from a seeded permutation of range(n)."""
     order = torch.randperm(n, generator=generator)
@@ -157,9 +145,9 @@ def spirals(n: int = 1500, arms: int = 3, noise: float = 0.05, seed: int = 0) ->
     hidden layers of 64) reaches 0.98 to 0.99 in 20 epochs (about 1 s on one
     CPU thread); the majority class gets about 0.35.
     """
-    _check_int("n", n, 10)
-    _check_int("arms", arms, 2, 12)
-    _check_float("noise", noise, 0.0, 1.0)
+    int_at_least("n", n, 10)
+    int_at_least("arms", arms, 2, 12)
+    number("noise", noise, 0.0, 1.0)
     generator = torch.Generator().manual_seed(seed)
     y = _balanced_labels(n, arms, generator)
     t = 0.1 + 0.9 * torch.rand(n, generator=generator)
@@ -178,8 +166,8 @@ def moons(n: int = 1000, noise: float = 0.2, seed: int = 0) -> Toy:
     about 0.97 and a linear model gets about 0.86. An MLP (two hidden layers of
     64) reaches 0.96 to 0.99 in 10 epochs (about 0.6 s on one CPU thread).
     """
-    _check_int("n", n, 10)
-    _check_float("noise", noise, 0.0, 1.0)
+    int_at_least("n", n, 10)
+    number("noise", noise, 0.0, 1.0)
     generator = torch.Generator().manual_seed(seed)
     y = _balanced_labels(n, 2, generator)
     t = math.pi * torch.rand(n, generator=generator)
@@ -251,13 +239,13 @@ def shapes(n: int = 1500, size: int = 32, shapes: tuple[str, ...] = SHAPES, nois
     With the defaults `ShapesCNN` (width 8) reaches 0.96 to 0.99 in 8 epochs
     (3 to 5 s on one CPU thread); the majority class gets about 0.35.
     """
-    _check_int("n", n, 10)
-    _check_int("size", size, 16, 128)
-    _check_float("noise", noise, 0.0, 1.0)
+    int_at_least("n", n, 10)
+    int_at_least("size", size, 16, 128)
+    number("noise", noise, 0.0, 1.0)
     names = tuple(shapes) if not isinstance(shapes, str) else (shapes,)
     unknown = [s for s in names if s not in SHAPES]
     if unknown or len(set(names)) != len(names) or len(names) < 2:
-        raise ValueError(f"shapes must be at least two distinct names from {SHAPES}; got {shapes!r}")
+        raise ParamError(f"shapes must be at least two distinct names from {SHAPES}; got {shapes!r}")
     generator = torch.Generator().manual_seed(seed)
     y = _balanced_labels(n, len(names), generator)
     masks = _shape_masks(y, names, size, generator)
@@ -297,16 +285,16 @@ class TinyTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]
         if length > self.max_len:
-            raise ValueError(f"sequences of {length} tokens are longer than max_len={self.max_len}")
+            raise ParamError(f"sequences of {length} tokens are longer than max_len={self.max_len}")
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
         h = self.embed(tokens) + self.position[:length]
         return self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
 
 
 def _sequence_toy(name: str, n: int, length: int, vocab: int, seed: int, reverse: bool) -> Toy:
-    _check_int("n", n, 10)
-    _check_int("length", length, 1, 256)
-    _check_int("vocab", vocab, 3, 100_000)
+    int_at_least("n", n, 10)
+    int_at_least("length", length, 1, 256)
+    int_at_least("vocab", vocab, 3, 100_000)
     generator = torch.Generator().manual_seed(seed)
     prefix = torch.randint(1, vocab, (n, length), generator=generator)
     answer = prefix.flip(1) if reverse else prefix
@@ -447,9 +435,9 @@ def messy_categories(n: int = 2000, messy: float = 0.4, noise_std: float = 0.3, 
     1.7. A categorical encoder that cleans the strings should come close to the
     first.
     """
-    _check_int("n", n, 10)
-    _check_float("messy", messy, 0.0, 1.0)
-    _check_float("noise_std", noise_std, 0.0, 100.0)
+    int_at_least("n", n, 10)
+    number("messy", messy, 0.0, 1.0)
+    number("noise_std", noise_std, 0.0, 100.0)
     rng = np.random.default_rng(seed)
     k = len(CATEGORIES)
     frequency = 1.0 / np.arange(1, k + 1) ** 0.7

@@ -34,6 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dltips.core.checks import check_args, task_first
+from dltips.core.deadline import Deadline
+from dltips.core.device import model_on_device, resolve_device
+from dltips.core.params import instance, positive_int
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced, predict
 from dltips.task import IGNORE_INDEX, Task
@@ -58,25 +62,33 @@ class Ranked:
     counts: dict[str, int]
 
 
+@task_first
 def check_worst_predictions(
-    model: nn.Module,
     task: Task,
     *,
-    top: int = 50,
-    max_items: int | None = None,
+    model: nn.Module | None = None,
     device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    top: int = 50,
 ) -> list[Finding]:
     """Rank training items by loss; list the worst, the confident mistakes and the least confident.
 
-    `max_items` limits the ranking to that many evenly spaced training items.
+    `model` is the trained model (default `task.model`); it runs in eval mode on `device` (default:
+    where it is; a copy runs when `device` is elsewhere). `max_items` limits the ranking to that many
+    evenly spaced training items (default: all). The check draws no random numbers and has no time
+    plan: `seed` and `deadline` are accepted for the common check signature. The old form
+    `check_worst_predictions(model, task, ...)` still works for one release, with a DeprecationWarning.
     Evidence: "split", "indices" (positions in task.train, worst first),
     "losses", "predictions", "targets", and per kind "confident_mistakes",
     "false_negatives" / "false_positives" (binary), "least_confident".
     """
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
-    if max_items is not None and (not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1):
-        raise ValueError(f"max_items must be a positive int or None, got {max_items!r}")
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    top = positive_int("top", top)
+    model = task.model if model is None else instance("model", model, nn.Module, "an nn.Module or None")
+    device = resolve_device(device, model)
+    model = model_on_device(model, device)
     positions = evenly_spaced(len(task.train), max_items)
     scores = _score(model, task, positions, device)
     ranked = _rank(task, model, scores, top, device)

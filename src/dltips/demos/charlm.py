@@ -94,6 +94,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dltips.core.params import ParamError, positive, positive_int, probability
 from dltips.nlp.tying import tie_weights
 from dltips.task import Task
 from dltips.training.init import entropy
@@ -159,9 +160,7 @@ def load_corpus(max_chars: int = DEFAULT_MAX_CHARS) -> str:
 
     Deterministic for a given Python version (see the module docstring for the rule); the text is cached.
     """
-    if not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1:
-        raise ValueError(f"max_chars must be a positive int, got {max_chars!r}")
-    return _corpus(max_chars)
+    return _corpus(positive_int("max_chars", max_chars))
 
 
 @functools.lru_cache(maxsize=4)
@@ -195,9 +194,8 @@ class CharVocab:
 
     def __init__(self, text: str, min_count: int = 20):
         if not isinstance(text, str) or not text:
-            raise ValueError("CharVocab needs a non-empty string to count characters in")
-        if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
-            raise ValueError(f"min_count must be a positive int, got {min_count!r}")
+            raise ParamError("CharVocab needs a non-empty string to count characters in")
+        min_count = positive_int("min_count", min_count)
         counts = Counter(text)
         kept = sorted(c for c, n in counts.items() if n >= min_count and c != UNKNOWN)
         self.chars: list[str] = [UNKNOWN, *kept]
@@ -214,7 +212,7 @@ class CharVocab:
     def encode(self, text: str) -> torch.Tensor:
         """The ids of `text` as a 1-D LongTensor; characters outside the vocabulary become 0."""
         if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+            raise ParamError(f"encode takes a str, got {type(text).__name__}")
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         distinct, inverse = np.unique(codes, return_inverse=True)  # map each distinct code point once
         table = np.array([self._ids.get(chr(c), 0) for c in distinct], dtype=np.int64)
@@ -224,7 +222,7 @@ class CharVocab:
         """The text of `ids` (a sequence or 1-D tensor of ids in [0, len(vocab)))."""
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self)):
-            raise ValueError(f"ids must lie in [0, {len(self) - 1}], got {int(ids.min())}..{int(ids.max())}")
+            raise ParamError(f"ids must lie in [0, {len(self) - 1}], got {int(ids.min())}..{int(ids.max())}")
         return "".join(self.chars[i] for i in ids.tolist())
 
 
@@ -236,7 +234,7 @@ def windows(ids: torch.Tensor, seq_len: int, offset: int = 0) -> TensorDataset:
     ids = ids[offset:]
     n = (len(ids) - 1) // seq_len
     if n < 1:
-        raise ValueError(f"{len(ids)} characters do not make one window of {seq_len} (+1 for the targets)")
+        raise ParamError(f"{len(ids)} characters do not make one window of {seq_len} (+1 for the targets)")
     x = ids[:n * seq_len].view(n, seq_len)
     y = ids[1:n * seq_len + 1].view(n, seq_len)
     return TensorDataset(x.clone(), y.clone())
@@ -251,7 +249,7 @@ def held_out_windows(ids: torch.Tensor, seq_len: int) -> tuple[TensorDataset, Te
     stride = seq_len + 1
     n = len(ids) // stride
     if n < 2:
-        raise ValueError(f"{len(ids)} held-out characters do not make two windows of {seq_len} (+1 for the targets)")
+        raise ParamError(f"{len(ids)} held-out characters do not make two windows of {seq_len} (+1 for the targets)")
     positions = (torch.arange(n) * stride)[:, None] + torch.arange(seq_len)
     x, y = ids[positions], ids[positions + 1]
     return TensorDataset(x[0::2], y[0::2]), TensorDataset(x[1::2], y[1::2])
@@ -264,12 +262,11 @@ def charlm_data(seq_len: int = 128, max_chars: int = DEFAULT_MAX_CHARS,
     The vocabulary is built from the training part only, so the validation and test text may hold unknown
     characters, as new text would. `seed` picks the training windows' offset (see the module docstring).
     """
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    seq_len = positive_int("seq_len", seq_len)
     text = load_corpus(max_chars)
     held_out = round(len(text) * TRAIN_FRACTION)
     if len(text) - held_out < 2 * (seq_len + 1):
-        raise ValueError(f"max_chars={max_chars} gives {len(text)} characters, whose held-out 10 % cannot make a "
+        raise ParamError(f"max_chars={max_chars} gives {len(text)} characters, whose held-out 10 % cannot make a "
                          f"validation and a test window of seq_len={seq_len}; raise max_chars or lower seq_len")
     vocab = CharVocab(text[:held_out])
     ids = vocab.encode(text)
@@ -345,12 +342,10 @@ class CharGPT(nn.Module):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("n_layer", n_layer), ("n_head", n_head),
                             ("n_embd", n_embd), ("seq_len", seq_len)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, value)
         if n_embd % n_head:
-            raise ValueError(f"n_embd={n_embd} must be a multiple of n_head={n_head} (each head gets n_embd / n_head)")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+            raise ParamError(f"n_embd={n_embd} must be a multiple of n_head={n_head} (each head gets n_embd / n_head)")
+        dropout = probability("dropout", dropout)
         self.n_layer, self.seq_len = n_layer, seq_len
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
         self.pos_emb = nn.Embedding(seq_len, n_embd)
@@ -375,10 +370,10 @@ class CharGPT(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.dim() != 2:
-            raise ValueError(f"CharGPT takes (batch, tokens) ids, got shape {tuple(ids.shape)}")
+            raise ParamError(f"CharGPT takes (batch, tokens) ids, got shape {tuple(ids.shape)}")
         T = ids.shape[1]
         if T > self.seq_len:
-            raise ValueError(f"sequence of {T} tokens is longer than the model's seq_len={self.seq_len}")
+            raise ParamError(f"sequence of {T} tokens is longer than the model's seq_len={self.seq_len}")
         x = self.drop(self.tok_emb(ids) + self.pos_emb(torch.arange(T, device=ids.device)))
         for block in self.blocks:
             x = block(x)
@@ -402,9 +397,8 @@ def charlm_task(size: str = "small", seed: int = 0, batch_size: int = 32, seq_le
     validation loss of 2.56 instead of 2.61 nats/char (seed 0).
     """
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
-    if lr is not None and not (isinstance(lr, float) and lr > 0):
-        raise ValueError(f"lr must be a positive float or None (default_lr), got {lr!r}")
+        raise ParamError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
+    lr = None if lr is None else positive("lr", lr)
     vocab, train, valid, test = charlm_data(seq_len=seq_len, seed=seed)
     n_layer, n_head, n_embd = SIZES[size]
     torch.manual_seed(seed)

@@ -29,6 +29,7 @@ from dltips.catalog import TIPS
 from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, to_device
 from dltips.core.params import ParamError, int_at_least, positive
+from dltips.core.state import rng_kept
 from dltips.diagnosis.report import Report
 from dltips.findings import Finding
 from dltips.task import Task
@@ -79,6 +80,11 @@ class Doctor:
         return time.perf_counter() - self._start
 
     def run(self) -> Report:
+        """Run the checks in order; the global random generators are seeded for the run and restored after it."""
+        with rng_kept(self.seed):
+            return self._run()
+
+    def _run(self) -> Report:
         from dltips.data.inputs import check_inputs
         from dltips.data.invariance import describe_invariances
         from dltips.data.resolution import check_image_resolution
@@ -88,7 +94,6 @@ class Doctor:
         from dltips.tabular.model import check_tabular_mixup
         from dltips.training.init import check_initial_loss
 
-        torch.manual_seed(self.seed)
         task = dataclasses.replace(self.task, model=copy.deepcopy(self.task.model).to(self.device))
         common = self.common()
         self.step("verify-transforms", lambda: check_inputs(task, **common))

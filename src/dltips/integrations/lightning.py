@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltips.core.params import ParamError
+from dltips.core.params import ParamError, callable_or_none, flag
 from dltips.diagnosis.report import Report
 from dltips.findings import Finding
 from dltips.integrations.session import (
@@ -149,16 +149,6 @@ def _in_precision(trainer: Any, forward: Forward) -> Forward:
     return run
 
 
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ParamError(f"DltipsCallback({name}=...) must be True or False, got {value!r}")
-
-
-def _check_callable(name: str, value: Any) -> None:
-    if value is not None and not callable(value):
-        raise ParamError(f"DltipsCallback({name}=...) must be a function or None, got {type(value).__name__}")
-
-
 # ---------------------------------------------------------------------- the callback
 
 
@@ -199,10 +189,10 @@ class _Hooks:
         log_to_lightning: bool = True,
         print_report: bool = True,
     ):
-        _check_bool("log_to_lightning", log_to_lightning)
-        _check_bool("print_report", print_report)
-        _check_callable("split_batch", split_batch)
-        _check_callable("forward", forward)
+        flag("DltipsCallback(log_to_lightning=...)", log_to_lightning)
+        flag("DltipsCallback(print_report=...)", print_report)
+        callable_or_none("DltipsCallback(split_batch=...)", split_batch)
+        callable_or_none("DltipsCallback(forward=...)", forward)
         if objective is not None and (not isinstance(objective, str) or validation_name(objective) is None):
             raise ParamError(f"DltipsCallback(objective=...) must name a validation metric dltips reads "
                              f"(e.g. 'val_acc', 'val_f1', 'val_mae'; see validation_name), got {objective!r}")

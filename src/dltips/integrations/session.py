@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dltips.core.device import model_device, to_device
-from dltips.core.params import ParamError
+from dltips.core.params import ParamError, flag
 from dltips.core.state import modes_kept
 from dltips.diagnosis.report import Report
 from dltips.findings import Finding
@@ -113,8 +113,7 @@ class Session:
     ):
         if kind is not None and kind not in KINDS:
             raise ParamError(f"kind must be one of {', '.join(KINDS)} or None (inferred), got {kind!r}")
-        if not isinstance(checks, bool):
-            raise ParamError(f"checks must be True or False, got {checks!r}")
+        flag("checks", checks)
         self.watch = Watch(every=every, sinks=sinks)
         self.tracker = MetricTracker(objective=objective, higher_is_better=dict(higher_is_better or {}))
         self.checks, self.html, self.json, self.name = checks, html, json, name

@@ -55,6 +55,7 @@ from torch import nn
 
 from dltips.core.checks import check_args
 from dltips.core.deadline import Deadline
+from dltips.core.device import model_on_device, resolve_device
 from dltips.core.params import ParamError, number, one_of, optional_int
 from dltips.findings import Finding
 from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate, evenly_spaced, predict, standard_error
@@ -258,7 +259,8 @@ def measure_error_gaps(
         raise TypeError(f"measure_error_gaps(task, ...) takes keyword options model, device and max_items only, "
                         f"got {len(args)} more positional and {sorted(kwargs)}")
     max_items = optional_int("max_items", max_items) or MAX_TRAIN_ITEMS
-    model = model if model is not None else task.model
+    device = resolve_device(device, model if model is not None else task.model)
+    model = model_on_device(model if model is not None else task.model, device)
     n = len(task.train)
     train = predict(model, task, task.train, indices=evenly_spaced(n, max_items), device=device)
     valid = predict(model, task, task.valid, device=device)

@@ -103,9 +103,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dltips.core.params import ParamError, fraction, instance, int_at_least, number, optional_int, positive, positive_int
 from dltips.core.state import eval_mode
 from dltips.findings import Finding
-from dltips.monitor.metrics import spearman
+from dltips.monitor.curves import spearman
 from dltips.nlp.scaling import FLOPS_PER_PARAM_TOKEN, format_count
 from dltips.nlp.tying import count_parameters
 from dltips.task import IGNORE_INDEX, Task
@@ -147,9 +148,9 @@ class Probe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"Probe.name must be a non-empty string, got {self.name!r}")
+            raise ParamError(f"Probe.name must be a non-empty string, got {self.name!r}")
         if not callable(self.score):
-            raise ValueError(f"Probe.score must be a function (logits, tokens, targets) -> (correct, total), "
+            raise ParamError(f"Probe.score must be a function (logits, tokens, targets) -> (correct, total), "
                              f"got {type(self.score).__name__}")
 
     def __call__(self, logits: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
@@ -193,15 +194,15 @@ def char_probes(chars: Sequence[str], keywords: Sequence[str] = KEYWORDS) -> lis
     the bracket stack, which walks only the bracket positions in Python.
     """
     if isinstance(chars, str) or not isinstance(chars, Sequence) or not all(isinstance(c, str) for c in chars):
-        raise ValueError("chars must be a sequence of strings (chars[i] is the character of token id i), "
+        raise ParamError("chars must be a sequence of strings (chars[i] is the character of token id i), "
                          f"got {type(chars).__name__}")
     ids: dict[str, int] = {}
     for i, c in enumerate(chars):
         if c in ids:
-            raise ValueError(f"chars has {c!r} twice (ids {ids[c]} and {i}); each character needs one id")
+            raise ParamError(f"chars has {c!r} twice (ids {ids[c]} and {i}); each character needs one id")
         ids[c] = i
     if isinstance(keywords, str) or not all(isinstance(k, str) and len(k) >= 3 for k in keywords):
-        raise ValueError(f"keywords must be a sequence of words of at least 3 letters, got {keywords!r}")
+        raise ParamError(f"keywords must be a sequence of words of at least 3 letters, got {keywords!r}")
     probes = [Probe("next-char", next_token_score, "argmax accuracy over every position with a target")]
     pairs = tuple((ids[o], ids[c]) for o, c in BRACKET_PAIRS if o in ids and c in ids)
     if pairs:
@@ -295,13 +296,13 @@ def _identifier_char(c: str) -> bool:
 def _check_batch(logits: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor) -> None:
     for name, value in (("logits", logits), ("tokens", tokens), ("targets", targets)):
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")
+            raise ParamError(f"{name} must be a tensor, got {type(value).__name__}")
     if logits.dim() != 3 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a float tensor [batch, tokens, vocabulary], got {logits.dtype} "
+        raise ParamError(f"logits must be a float tensor [batch, tokens, vocabulary], got {logits.dtype} "
                          f"of shape {tuple(logits.shape)}")
     for name, value in (("tokens", tokens), ("targets", targets)):
         if value.shape != logits.shape[:2] or value.is_floating_point() or value.dtype == torch.bool:
-            raise ValueError(f"{name} must be integer ids of shape {tuple(logits.shape[:2])} (the logits' batch and "
+            raise ParamError(f"{name} must be integer ids of shape {tuple(logits.shape[:2])} (the logits' batch and "
                              f"tokens), got {value.dtype} of shape {tuple(value.shape)}")
 
 
@@ -330,24 +331,16 @@ class ScalingPoint:
     valid_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size, str):
-            raise ValueError(f"ScalingPoint.size must be a name (str), got {self.size!r}")
+        instance("ScalingPoint.size", self.size, str, "a name (str)")
         for name in ("params", "tokens", "flops"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"ScalingPoint.{name} must be a positive number, got {value!r} (size {self.size!r})")
-        if isinstance(self.valid_loss, bool) or not isinstance(self.valid_loss, (int, float)) \
-                or not math.isfinite(self.valid_loss):
-            raise ValueError(f"ScalingPoint.valid_loss must be a finite number, got {self.valid_loss!r} (size {self.size!r})")
+            positive(f"ScalingPoint.{name} of size {self.size!r}", getattr(self, name))
+        number(f"ScalingPoint.valid_loss of size {self.size!r}", self.valid_loss)
         if set(self.scores) != set(self.totals):
-            raise ValueError(f"ScalingPoint.scores and .totals must name the same probes, got {sorted(self.scores)} "
+            raise ParamError(f"ScalingPoint.scores and .totals must name the same probes, got {sorted(self.scores)} "
                              f"and {sorted(self.totals)} (size {self.size!r})")
         for name, total in self.totals.items():
-            if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-                raise ValueError(f"ScalingPoint.totals[{name!r}] must be a count >= 0, got {total!r}")
-            score = self.scores[name]
-            if total > 0 and not (isinstance(score, (int, float)) and 0.0 <= score <= 1.0):
-                raise ValueError(f"ScalingPoint.scores[{name!r}] must be a share in [0, 1], got {score!r}")
+            if int_at_least(f"ScalingPoint.totals[{name!r}]", total, 0) > 0:
+                fraction(f"ScalingPoint.scores[{name!r}] (a share)", self.scores[name])
 
     def correct(self, probe: str) -> int:
         """How many of the probe's positions were predicted correctly."""
@@ -370,16 +363,13 @@ def measure_point(model: nn.Module, task: Task, probes: Sequence[Probe], tokens_
     evaluation to the first batches (None: the whole validation set). FLOPs are
     6·N·D with N = `count_parameters(model)` and D = `tokens_seen`.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    instance("model", model, nn.Module, "a torch.nn.Module")
     if not isinstance(task, Task) or task.kind != "language-model":
-        raise ValueError(f"task must be a dltips.Task of kind 'language-model', got "
+        raise ParamError(f"task must be a dltips.Task of kind 'language-model', got "
                          f"{getattr(task, 'kind', type(task).__name__)!r}")
     probes = _check_probes(probes)
-    if isinstance(tokens_seen, bool) or not isinstance(tokens_seen, int) or tokens_seen <= 0:
-        raise ValueError(f"tokens_seen must be a positive int (training tokens), got {tokens_seen!r}")
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    positive_int("tokens_seen (training tokens)", tokens_seen)
+    optional_int("max_batches", max_batches)
     device = torch.device(device)
     model.to(device)
     loss_sum, n_tokens = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -424,23 +414,20 @@ def scaling_study(make_task: Callable[[str], Task], sizes: Sequence[str], steps:
     input's length).
     """
     if not callable(make_task):
-        raise ValueError(f"make_task must be a function size -> Task, got {type(make_task).__name__}")
+        raise ParamError(f"make_task must be a function size -> Task, got {type(make_task).__name__}")
     if isinstance(sizes, str) or not isinstance(sizes, Sequence) or not sizes:
-        raise ValueError(f"sizes must be a non-empty sequence of size names, got {sizes!r}")
+        raise ParamError(f"sizes must be a non-empty sequence of size names, got {sizes!r}")
     if len(set(sizes)) != len(sizes):
-        raise ValueError(f"sizes must not repeat, got {list(sizes)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise ParamError(f"sizes must not repeat, got {list(sizes)}")
+    positive_int("steps", steps)
     probes = _check_probes(probes)
-    recipe = recipe if recipe is not None else Recipe()
-    if not isinstance(recipe, Recipe):
-        raise ValueError(f"recipe must be a dltips Recipe or None, got {type(recipe).__name__}")
+    recipe = Recipe() if recipe is None else instance("recipe", recipe, Recipe, "a dltips Recipe or None")
     points = []
     for size in sizes:
         torch.manual_seed(seed)
         task = make_task(size)
         if not isinstance(task, Task) or task.kind != "language-model":
-            raise ValueError(f"make_task({size!r}) must return a dltips.Task of kind 'language-model', got "
+            raise ParamError(f"make_task({size!r}) must return a dltips.Task of kind 'language-model', got "
                              f"{getattr(task, 'kind', type(task).__name__)!r}")
         items_per_step = min(task.batch_size, len(task.train)) * recipe.accumulate
         steps_per_epoch = math.ceil(max(1, len(task.train) // task.batch_size) / recipe.accumulate)
@@ -455,10 +442,10 @@ def scaling_study(make_task: Callable[[str], Task], sizes: Sequence[str], steps:
 def _check_probes(probes: Sequence[Probe]) -> list[Probe]:
     probes = list(probes) if isinstance(probes, Sequence) else None
     if not probes or not all(isinstance(p, Probe) for p in probes):
-        raise ValueError("probes must be a non-empty sequence of Probe (see char_probes)")
+        raise ParamError("probes must be a non-empty sequence of Probe (see char_probes)")
     names = [p.name for p in probes]
     if len(set(names)) != len(names):
-        raise ValueError(f"probe names must be unique, got {names}")
+        raise ParamError(f"probe names must be unique, got {names}")
     return probes
 
 
@@ -565,6 +552,11 @@ def check_emergent_scaling(points: Sequence[ScalingPoint]) -> list[Finding]:
 
     The module docstring gives the calibration on synthetic curves and on a
     real study of four character-model widths.
+
+    This check keeps its own form, not the common `check_x(task, *, model=...)`
+    one: it judges a study of several models (one ScalingPoint per size, each
+    trained and measured by `scaling_study` or `measure_point`), not one Task's
+    model, so there is no single task, model, device or item budget to pass.
     """
     ordered = _ordered(points)
     if len(ordered) < MIN_SIZES:
@@ -688,10 +680,10 @@ def _figures(ordered: list[ScalingPoint], trends: dict[str, ProbeTrend]) -> list
 def _ordered(points: Sequence[ScalingPoint]) -> list[ScalingPoint]:
     if isinstance(points, ScalingPoint) or not isinstance(points, Sequence) or \
             not all(isinstance(p, ScalingPoint) for p in points):
-        raise ValueError("points must be a sequence of ScalingPoint (see measure_point and scaling_study)")
+        raise ParamError("points must be a sequence of ScalingPoint (see measure_point and scaling_study)")
     sizes = [p.size for p in points]
     if len(set(sizes)) != len(sizes):
-        raise ValueError(f"points must have distinct size names, got {sizes}")
+        raise ParamError(f"points must have distinct size names, got {sizes}")
     return sorted(points, key=lambda p: p.flops)
 
 

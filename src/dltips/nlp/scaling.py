@@ -29,8 +29,9 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 from typing import TYPE_CHECKING
+
+from dltips.core.params import ParamError, instance, number, one_of, positive, positive_int
 
 if TYPE_CHECKING:
     from torch import nn
@@ -106,10 +107,8 @@ class Budget:
     def nearby(self, factors: tuple[float, ...] = (1 / 4, 1 / 2, 1, 2, 4)) -> list[Budget]:
         """Budgets at the same compute with `factors` times the parameters (and 1/factor times the tokens)."""
         budgets = []
-        for factor in factors:
-            if isinstance(factor, bool) or not isinstance(factor, Real) or not math.isfinite(factor) or factor <= 0:
-                raise ValueError(f"nearby factors must be positive finite numbers, got {factor!r}")
-            params = self.params * factor
+        for i, factor in enumerate(factors):
+            params = self.params * positive(f"factors[{i}]", factor)
             budgets.append(_budget(params, self.flops / (FLOPS_PER_PARAM_TOKEN * params), self.flops, self.law))
         return budgets
 
@@ -138,17 +137,16 @@ def compute_budget(params: float | str | None = None, tokens: float | str | None
 
     Counts may be numbers or strings such as "124M", "10B", "1.5T", "3e21".
     """
-    if law not in LAWS:
-        raise ValueError(f"law must be one of {sorted(LAWS)}, got {law!r}")
-    given = {name: _positive(name, value) for name, value in (("params", params), ("tokens", tokens), ("flops", flops))
-             if value is not None}
+    one_of("law", law, sorted(LAWS))
+    given = {name: positive(name, parse_count(value, name=name))
+             for name, value in (("params", params), ("tokens", tokens), ("flops", flops)) if value is not None}
     if not given:
-        raise ValueError("give two of params, tokens and flops to complete a budget, or one of them for the compute-optimal one")
+        raise ParamError("give two of params, tokens and flops to complete a budget, or one of them for the compute-optimal one")
     n, d, c = given.get("params"), given.get("tokens"), given.get("flops")
     if len(given) == 3:
         implied = FLOPS_PER_PARAM_TOKEN * n * d
         if abs(implied / c - 1) > 0.01:
-            raise ValueError(f"params, tokens and flops disagree: 6·N·D = {implied:.4g} but flops = {c:.4g};"
+            raise ParamError(f"params, tokens and flops disagree: 6·N·D = {implied:.4g} but flops = {c:.4g};"
                              " give only two of them")
         return _budget(n, d, c, law)
     if len(given) == 2:
@@ -184,42 +182,33 @@ def _optimal_split(params: float | None, tokens: float | None, flops: float | No
 
 def _budget(params: float, tokens: float, flops: float, law: str) -> Budget:
     if not all(math.isfinite(x) and x > 0 for x in (params, tokens, flops)):
-        raise ValueError(f"the budget is out of floating-point range (params {params:.3g}, tokens {tokens:.3g},"
+        raise ParamError(f"the budget is out of floating-point range (params {params:.3g}, tokens {tokens:.3g},"
                          f" flops {flops:.3g}); check the units")
     return Budget(params=params, tokens=tokens, flops=flops, tokens_per_param=tokens / params,
                   predicted_loss=LAWS[law].loss(params, tokens), law=law)
-
-
-def _positive(name: str, value: float | str) -> float:
-    number = parse_count(value)
-    if number <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return number
 
 
 _SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12, "p": 1e15}
 _COUNT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?([kmbgtp]?)")
 
 
-def parse_count(text: float | int | str) -> float:
+def parse_count(text: float | int | str, *, name: str = "count") -> float:
     """A count such as 124M, 10B, 1.5T, 3e21 or 2.5k, as a float; numbers pass through.
 
     Suffixes (any case): k = 1e3, M = 1e6, B or G = 1e9, T = 1e12, P = 1e15.
-    Underscores and commas between digits are ignored ("124_000_000").
+    Underscores and commas between digits are ignored ("124_000_000"). `name`
+    is the argument named in the ParamError for a value that is not a count.
     """
-    if isinstance(text, bool) or not isinstance(text, (Real, str)):
-        raise ValueError(f"expected a number or a string such as '124M', '10B', '3e21', got {text!r}")
-    if isinstance(text, str):
-        match = _COUNT.fullmatch(text.strip().lower().replace("_", "").replace(",", ""))
-        if match is None:
-            raise ValueError(f"cannot read {text!r} as a count; expected a number with an optional suffix"
-                             " k, M, B, T (e.g. '124M', '10B', '1.5T', '3e21')")
-        mantissa, exponent, suffix = match.groups()
-        value = float(mantissa) * 10.0 ** int(exponent or 0) * _SUFFIXES[suffix]
-    else:
-        value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"a count must be finite and not negative, got {text!r}")
+    if not isinstance(text, str):
+        return number(name, text, 0.0)
+    match = _COUNT.fullmatch(text.strip().lower().replace("_", "").replace(",", ""))
+    if match is None:
+        raise ParamError(f"{name}: cannot read {text!r} as a count; expected a number with an optional suffix"
+                         " k, M, B, T (e.g. '124M', '10B', '1.5T', '3e21')")
+    mantissa, exponent, suffix = match.groups()
+    value = float(mantissa) * 10.0 ** int(exponent or 0) * _SUFFIXES[suffix]
+    if not math.isfinite(value):
+        raise ParamError(f"{name} must be a finite count, got {text!r}")
     return value
 
 
@@ -270,20 +259,15 @@ def flops_per_token(model: nn.Module, seq_len: int, *, include_attention: bool =
     """
     from torch import nn
 
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive int (the context length trained on), got {seq_len!r}")
+    instance("model", model, nn.Module, "a torch.nn.Module")
+    seq_len = positive_int("seq_len", seq_len)
     if (n_layers is None) != (d_attn is None):
-        raise ValueError("give both n_layers and d_attn (the attention width, heads x head size), or neither")
+        raise ParamError("give both n_layers and d_attn (the attention width, heads x head size), or neither")
     matmul = _matmul_params(model)
     widths: list[int] = []
     if include_attention:
         if n_layers is not None:
-            for name, value in (("n_layers", n_layers), ("d_attn", d_attn)):
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise ValueError(f"{name} must be a positive int, got {value!r}")
-            widths = [d_attn] * n_layers
+            widths = [positive_int("d_attn", d_attn)] * positive_int("n_layers", n_layers)
         else:
             widths = _attention_widths(model)
             if not widths:
@@ -348,11 +332,11 @@ def mfu(flops_per_token: float | FlopCount, tokens_per_s: float, peak_flops: flo
     the peak for the same set of devices (both per chip or both in total).
     """
     per_token = flops_per_token.per_token if isinstance(flops_per_token, FlopCount) else flops_per_token
-    for name, value in (("flops_per_token", per_token), ("tokens_per_s", tokens_per_s), ("peak_flops", peak_flops)):
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    per_token = positive("flops_per_token", per_token)
+    tokens_per_s = positive("tokens_per_s", tokens_per_s)
+    peak_flops = positive("peak_flops", peak_flops)
     utilisation = per_token * tokens_per_s / peak_flops
     if utilisation > 1:
-        raise ValueError(f"the model runs at {per_token * tokens_per_s:.3g} FLOP/s, above the peak {peak_flops:.3g};"
+        raise ParamError(f"the model runs at {per_token * tokens_per_s:.3g} FLOP/s, above the peak {peak_flops:.3g};"
                          " give the throughput and the peak for the same devices (both per chip or both in total)")
     return utilisation

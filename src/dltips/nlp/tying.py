@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dltips.core.checks import check_args
+from dltips.core.deadline import Deadline
+from dltips.core.device import resolve_device
+from dltips.core.params import ParamError, instance
 from dltips.findings import Finding
+from dltips.task import Task
 
 TIP = "weight-tying"
 
@@ -69,21 +74,20 @@ def tie_weights(embedding: nn.Embedding, head: nn.Module) -> None:
     Rows of `padding_idx`, which the embedding never updates, get gradients
     from the output side once tied.
     """
-    if not isinstance(embedding, nn.Embedding):
-        raise TypeError(f"embedding must be an nn.Embedding, got {type(embedding).__name__}")
+    instance("embedding", embedding, nn.Embedding, "an nn.Embedding")
     weight = _matrix_of(head, "head")
     expected = (embedding.num_embeddings, embedding.embedding_dim)
     if tuple(weight.shape) != expected:
-        raise ValueError(f"head.weight has shape {tuple(weight.shape)}, but tying to an Embedding({expected[0]}, "
+        raise ParamError(f"head.weight has shape {tuple(weight.shape)}, but tying to an Embedding({expected[0]}, "
                          f"{expected[1]}) needs (num_embeddings, embedding_dim) = {expected}: an nn.Linear("
                          f"{expected[1]}, {expected[0]}) projecting back to the embedding's vocabulary")
     if embedding.sparse:
-        raise ValueError("the embedding has sparse=True, but a tied matrix also gets the output layer's dense "
+        raise ParamError("the embedding has sparse=True, but a tied matrix also gets the output layer's dense "
                          "gradient, so its gradient is dense and sparse-only optimizers (SparseAdam) reject it. "
                          "Use an Embedding with sparse=False")
     shared = embedding.weight
     if weight.dtype != shared.dtype or weight.device != shared.device:
-        raise ValueError(f"head.weight is {weight.dtype} on {weight.device} but embedding.weight is {shared.dtype} on "
+        raise ParamError(f"head.weight is {weight.dtype} on {weight.device} but embedding.weight is {shared.dtype} on "
                          f"{shared.device}; move or cast the modules to one dtype and device before tying")
     head.weight = shared
 
@@ -107,7 +111,7 @@ def count_parameters(model: nn.Module) -> int:
     total = 0
     for name, parameter in model.named_parameters(remove_duplicate=False):
         if isinstance(parameter, nn.parameter.UninitializedParameter):
-            raise ValueError(f"parameter {name} of a lazy module has no size yet; run one forward pass before counting")
+            raise ParamError(f"parameter {name} of a lazy module has no size yet; run one forward pass before counting")
         if id(parameter) not in seen:
             seen.add(id(parameter))
             total += parameter.numel()
@@ -215,14 +219,29 @@ def _candidate(embedding: str, head: str, weight: torch.Tensor, tied: bool) -> T
 # ---------------------------------------------------------------------- the check
 
 
-def check_weight_tying(model: nn.Module) -> list[Finding]:
+def check_weight_tying(
+    task: Task | nn.Module,
+    *,
+    model: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+) -> list[Finding]:
     """The `weight-tying` verdict: "warn" for an output layer that could share the embedding's matrix, else "pass".
 
-    "pass" names the tied pairs. A model without an embedding and an output
-    layer of its shape (an image classifier, an encoder without an output
-    layer) gets an empty list: the tip does not apply, and saying so on every
-    non-language model would be noise. Parameters are counted once per tensor.
+    A structural check: it reads the modules of `model` (default `task.model`), so `task` may also be
+    a bare `nn.Module` (the model itself). "pass" names the tied pairs. A model without an embedding
+    and an output layer of its shape (an image classifier, an encoder without an output layer) gets
+    an empty list: the tip does not apply, and saying so on every non-language model would be noise.
+    Parameters are counted once per tensor. Nothing is run or drawn: `device`, `seed`, `max_items`
+    and `deadline` are validated for the common check signature only.
     """
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    if model is None:
+        model = task.model if isinstance(task, Task) else task
+    _check_module(model)
+    resolve_device(device, model)
     untied = find_untied(model)
     tied = find_tied(model)
     if not untied and not tied:
@@ -298,19 +317,17 @@ def _path(model: nn.Module, module_name: str) -> str:
 
 
 def _check_module(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    instance("model", model, nn.Module, "a torch.nn.Module")
 
 
 def _matrix_of(module: object, role: str) -> nn.Parameter:
     """`module.weight`, checked to be a 2-D Parameter."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{role} must be an nn.Module (usually nn.Linear), got {type(module).__name__}")
+    instance(role, module, nn.Module, "an nn.Module (usually nn.Linear)")
     weight = getattr(module, "weight", None)
     if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
         found = "no weight" if weight is None else f"a weight of type {type(weight).__name__}"
         if isinstance(weight, torch.Tensor):
             found += f" with shape {tuple(weight.shape)}"
-        raise TypeError(f"{role} must have a 2-D weight Parameter (as nn.Linear has), but {type(module).__name__} "
+        raise ParamError(f"{role} must have a 2-D weight Parameter (as nn.Linear has), but {type(module).__name__} "
                         f"has {found}")
     return weight

@@ -75,15 +75,19 @@ validation targets are unseen either way.
 from __future__ import annotations
 
 import copy
+import functools
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from dltips.core.checks import check_args, task_first
+from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, to_device
-from dltips.core.params import positive_int
+from dltips.core.params import ParamError, callable_or_none, instance, optional_int, positive_int
 from dltips.core.state import eval_mode
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced
@@ -96,9 +100,12 @@ TIP = "unseen-tokens"
 FAIL_RATIO = 0.05  # unseen mass / uniform mass above which the check fails
 FAIL_MASS = 0.001  # ... and only when that mass is above this floor (near zero whatever the ratio)
 RARE_COUNT = 10  # a token seen fewer times than this in training is "rare"
+MAX_ITEMS = 512  # validation items read by default
 _TOP = 10  # worst unseen / rarest tokens listed
 _SOFTMAX_VALUES = 2**22  # logits turned into probabilities at once (positions are split to fit)
 _SCAN_CHUNK = 1024  # items whose targets are stacked per bincount when a dataset is read item by item
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -137,10 +144,9 @@ def token_counts(dataset: Dataset, vocab_size: int, max_items: int | None = None
     `max_items`, only that many evenly spaced items are read.
     """
     positive_int("vocab_size", vocab_size)
-    if max_items is not None:
-        positive_int("max_items", max_items)
+    optional_int("max_items", max_items)
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise TypeError(f"dataset must be a map-style Dataset with __len__ and __getitem__, got {type(dataset).__name__}")
+        raise ParamError(f"dataset must be a map-style Dataset with __len__ and __getitem__, got {type(dataset).__name__}")
     positions = evenly_spaced(len(dataset), max_items)
     targets = _target_tensor(dataset)
     counts = torch.zeros(vocab_size, dtype=torch.long)
@@ -164,14 +170,14 @@ def _target_tensor(dataset: Dataset) -> torch.Tensor | None:
 
 
 def _bincount(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Counts of the ids in `targets`, IGNORE_INDEX left out; ids outside [0, vocab_size) raise ValueError."""
+    """Counts of the ids in `targets`, IGNORE_INDEX left out; ids outside [0, vocab_size) raise ParamError."""
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise ValueError(f"language-model targets must be integer token ids, got dtype {targets.dtype}")
+        raise ParamError(f"language-model targets must be integer token ids, got dtype {targets.dtype}")
     ids = targets.flatten().long().cpu()
     ids = ids[ids != IGNORE_INDEX]
     if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         bad = ids[(ids < 0) | (ids >= vocab_size)]
-        raise ValueError(f"targets hold token ids outside [0, {vocab_size}) (e.g. {int(bad[0])}); "
+        raise ParamError(f"targets hold token ids outside [0, {vocab_size}) (e.g. {int(bad[0])}); "
                          f"vocab_size must exceed every id, and only {IGNORE_INDEX} marks an ignored target")
     return torch.bincount(ids, minlength=vocab_size)
 
@@ -179,26 +185,49 @@ def _bincount(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------- the measurement
 
 
+def _positional_counts(function: F) -> F:
+    """Accept `counts` by position after the task (the old form) for one release, with a DeprecationWarning."""
+
+    @functools.wraps(function)
+    def wrapper(task: Any, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            if len(args) > 1 or "counts" in kwargs:
+                raise TypeError(f"{function.__name__}() takes the task and keyword options only")
+            warnings.warn(f"{function.__name__}(task, counts) is deprecated; use {function.__name__}(task, counts=...)",
+                          DeprecationWarning, stacklevel=3)
+            kwargs["counts"] = args[0]
+        return function(task, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@task_first
+@_positional_counts
 @torch.no_grad()
 def measure_unseen_mass(
-    model: nn.Module,
     task: Task,
-    counts: torch.Tensor,
     *,
+    model: nn.Module | None = None,
+    counts: torch.Tensor | None = None,
     device: torch.device | str | None = None,
-    max_items: int = 512,
+    max_items: int | None = None,
 ) -> UnseenMass:
-    """Run `model` in eval mode over up to `max_items` evenly spaced validation items and measure its unseen mass.
+    """Run `model` (default `task.model`) in eval mode over up to `max_items` (default MAX_ITEMS) evenly
+    spaced validation items and measure its unseen mass.
 
-    The softmax is taken over the last dimension of the model's (batch, T, V)
+    `counts` are the training counts per token id (default: `token_counts` of `task.train`). The
+    softmax is taken over the last dimension of the model's (batch, T, V)
     logits, a block of positions at a time; the unseen mass is the sum over
     the unseen ids of their mean probability (the same number as the mean of
     the per-position sums). Sums stay on the device and are read back once.
     The model keeps its training mode and its device (a copy runs when
-    `device` is elsewhere).
+    `device` is elsewhere). The old form `measure_unseen_mass(model, task, counts)`
+    still works for one release, with a DeprecationWarning.
     """
-    counts = _check_counts(counts, task.n_classes)
-    positive_int("max_items", max_items)
+    instance("task", task, Task, "a dltips.Task")
+    model = task.model if model is None else instance("model", model, nn.Module, "an nn.Module or None")
+    max_items = MAX_ITEMS if max_items is None else positive_int("max_items", max_items)
+    counts = token_counts(task.train, task.n_classes) if counts is None else _check_counts(counts, task.n_classes)
     device = resolve_device(device, model)
     if any(p.device != device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
@@ -232,41 +261,50 @@ def measure_unseen_mass(
 
 def _check_counts(counts: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
     if not isinstance(counts, torch.Tensor) or counts.dim() != 1:
-        raise ValueError(f"counts must be a 1-D tensor of training counts per token id, got {counts!r:.80}")
+        raise ParamError(f"counts must be a 1-D tensor of training counts per token id, got {counts!r:.80}")
     if vocab_size is not None and len(counts) != vocab_size:
-        raise ValueError(f"counts has {len(counts)} entries but the vocabulary (task.n_classes) has {vocab_size} ids")
+        raise ParamError(f"counts has {len(counts)} entries but the vocabulary (task.n_classes) has {vocab_size} ids")
     if counts.is_floating_point() and not bool(torch.isfinite(counts).all()):
-        raise ValueError("counts must be finite")
+        raise ParamError("counts must be finite")
     if bool((counts < 0).any()):
-        raise ValueError("counts must be >= 0")
+        raise ParamError("counts must be >= 0")
     return counts.cpu()
 
 
 # ---------------------------------------------------------------------- the check
 
 
+@task_first
+@_positional_counts
 def check_unseen_tokens(
-    model: nn.Module,
     task: Task,
-    counts: torch.Tensor | None = None,
     *,
+    model: nn.Module | None = None,
     device: torch.device | str | None = None,
-    max_items: int = 512,
+    seed: int = 0,
+    max_items: int | None = None,
+    deadline: Deadline | float | None = None,
+    counts: torch.Tensor | None = None,
     decode: Callable[[int], str] | None = None,
 ) -> list[Finding]:
     """The `unseen-tokens` verdict on a trained language model; [] for other kinds of Task.
 
-    `counts` are the training counts per token id (default: `token_counts` of
-    `task.train`). The model runs in eval mode over up to `max_items` evenly
-    spaced validation items (see `measure_unseen_mass`). `decode`, when given,
-    turns a token id into its text for the tables and the message.
+    `model` is the trained model (default `task.model`). `counts` are the training counts per token
+    id (default: `token_counts` of `task.train`). The model runs in eval mode over up to `max_items`
+    (default MAX_ITEMS) evenly spaced validation items (see `measure_unseen_mass`). `decode`, when
+    given, turns a token id into its text for the tables and the message. The check draws no random
+    numbers and has no time plan: `seed` and `deadline` are accepted for the common check signature.
+    The old form `check_unseen_tokens(model, task, counts)` still works for one release, with a
+    DeprecationWarning.
     """
+    seed, max_items, deadline = check_args(seed, max_items, deadline)
+    instance("task", task, Task, "a dltips.Task")
+    model = task.model if model is None else instance("model", model, nn.Module, "an nn.Module or None")
+    resolve_device(device, model)
+    callable_or_none("decode", decode)
     if task.kind != "language-model":
         return []
     counts = token_counts(task.train, task.n_classes) if counts is None else _check_counts(counts, task.n_classes)
-    positive_int("max_items", max_items)
-    if decode is not None and not callable(decode):
-        raise ValueError(f"decode must be a callable id -> str or None, got {type(decode).__name__}")
     name = _namer(decode)
     n_unseen = int((counts == 0).sum())
     total = int(counts.sum())
@@ -280,7 +318,7 @@ def check_unseen_tokens(
                    f"probability can go to an unseen token.{_rare_sentence(rare)}")
         return [Finding(TIP, "pass", "Every vocabulary id occurs in training", message, None, evidence,
                         _figures([], rare["rare"], task.n_classes))]
-    m = measure_unseen_mass(model, task, counts, device=device, max_items=max_items)
+    m = measure_unseen_mass(task, model=model, counts=counts, device=device, max_items=max_items)
     worst = _worst_unseen(counts, m.mean_probability, name)
     rare = _rare(counts, m.mean_probability, name)
     valid_unseen = int(m.valid_counts[counts == 0].sum())
