@@ -65,3 +65,25 @@ def task_first(function: F) -> F:
         return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def positional_options(*names: str) -> Callable[[F], F]:
+    """Accept the options `names` by position after the task (the old form) for one release, with a
+    DeprecationWarning. Put it under `task_first`, which hands on what follows the task."""
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(task: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(args) > len(names) or any(name in kwargs for name in names[:len(args)]):
+                raise TypeError(f"{function.__name__}() takes the task, then keyword options only")
+            if args:
+                shown = ", ".join(names[:len(args)])
+                warnings.warn(f"{function.__name__}(task, {shown}) is deprecated; use "
+                              f"{function.__name__}(task, {shown.replace(', ', '=..., ')}=...)",
+                              DeprecationWarning, stacklevel=3)
+                kwargs.update(zip(names, args))
+            return function(task, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -61,18 +61,16 @@ drops 17%): check the model trained with the augmentation under test.
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from dltips.core.checks import check_args, task_first
+from dltips.core.checks import check_args, positional_options, task_first
 from dltips.core.deadline import Deadline
 from dltips.core.device import model_on_device, resolve_device, to_device
 from dltips.core.params import ParamError, instance
@@ -91,8 +89,6 @@ MIN_FLIP = 0.10  # or: predictions changed on at least this share of the items (
 TOP_CONFUSIONS = 10  # rows of the confusion table
 FIGURE_PAIRS = 8  # original/transformed pairs in the images figure
 MAX_ITEMS = 1000  # validation items read by default
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -113,24 +109,8 @@ class _Incompatible(Exception):
 # ----------------------------------------------------------------------------- the check
 
 
-def _positional_transforms(function: F) -> F:
-    """Accept `transforms` by position after the task (the old form) for one release, with a DeprecationWarning."""
-
-    @functools.wraps(function)
-    def wrapper(task: Any, *args: Any, **kwargs: Any) -> Any:
-        if args:
-            if len(args) > 1 or "transforms" in kwargs:
-                raise TypeError(f"{function.__name__}() takes the task and keyword options only")
-            warnings.warn(f"{function.__name__}(task, transforms) is deprecated; use "
-                          f"{function.__name__}(task, transforms=...)", DeprecationWarning, stacklevel=3)
-            kwargs["transforms"] = args[0]
-        return function(task, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
 @task_first
-@_positional_transforms
+@positional_options("transforms")
 def check_label_preserving(
     task: Task,
     *,

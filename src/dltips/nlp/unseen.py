@@ -75,16 +75,14 @@ validation targets are unseen either way.
 from __future__ import annotations
 
 import copy
-import functools
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from dltips.core.checks import check_args, task_first
+from dltips.core.checks import check_args, positional_options, task_first
 from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, to_device
 from dltips.core.params import ParamError, callable_or_none, instance, optional_int, positive_int
@@ -104,8 +102,6 @@ MAX_ITEMS = 512  # validation items read by default
 _TOP = 10  # worst unseen / rarest tokens listed
 _SOFTMAX_VALUES = 2**22  # logits turned into probabilities at once (positions are split to fit)
 _SCAN_CHUNK = 1024  # items whose targets are stacked per bincount when a dataset is read item by item
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -185,24 +181,8 @@ def _bincount(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------- the measurement
 
 
-def _positional_counts(function: F) -> F:
-    """Accept `counts` by position after the task (the old form) for one release, with a DeprecationWarning."""
-
-    @functools.wraps(function)
-    def wrapper(task: Any, *args: Any, **kwargs: Any) -> Any:
-        if args:
-            if len(args) > 1 or "counts" in kwargs:
-                raise TypeError(f"{function.__name__}() takes the task and keyword options only")
-            warnings.warn(f"{function.__name__}(task, counts) is deprecated; use {function.__name__}(task, counts=...)",
-                          DeprecationWarning, stacklevel=3)
-            kwargs["counts"] = args[0]
-        return function(task, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
 @task_first
-@_positional_counts
+@positional_options("counts")
 @torch.no_grad()
 def measure_unseen_mass(
     task: Task,
@@ -275,7 +255,7 @@ def _check_counts(counts: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
 
 
 @task_first
-@_positional_counts
+@positional_options("counts")
 def check_unseen_tokens(
     task: Task,
     *,
