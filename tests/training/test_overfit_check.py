@@ -466,3 +466,12 @@ def test_a_passing_ladder_carries_no_monitor_findings():
     x, y = blobs(n=200)
     [finding] = check_overfit_tiny(make_task(mlp(x.shape[1], 10), x, y), max_steps=200, seed=0)
     assert finding.status == "pass" and "monitors" not in finding.evidence
+
+
+def test_the_ladder_copies_the_model_it_is_given_not_the_tasks():
+    task = classification()
+    frozen = mlp(16, 10).requires_grad_(False)
+    result = overfit_ladder(task, model=frozen, sizes=(1, 2))
+    assert result.rungs[0].status == "failed" and "frozen" in result.rungs[0].reason
+    assert overfit_ladder(task, sizes=(1, 2)).rungs[0].status == "passed"
+    assert all(p.grad is None for p in frozen.parameters())

@@ -29,7 +29,6 @@ The measurements behind the thresholds are in docs/calibration.md ("overfit-tiny
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -162,19 +161,17 @@ def overfit_ladder(
     if max_items is not None:
         sizes = [k for k in sizes if k <= max_items] or [max_items]
     max_steps = positive_int("max_steps", max_steps)
-    if model is not None:
-        task = dataclasses.replace(task, model=model)
     with rng_kept(seed):
-        return _climb(task, sizes, max_steps, seed, deadline, device)
+        return _climb(task, model if model is not None else task.model, sizes, max_steps, seed, deadline, device)
 
 
-def _climb(task: Task, sizes: list[int], max_steps: int, seed: int, deadline: Deadline | None,
+def _climb(task: Task, original: nn.Module, sizes: list[int], max_steps: int, seed: int, deadline: Deadline | None,
            device: torch.device | str | None) -> OverfitResult:
     """Run the rungs smallest first, stopping at the first that fails or when the deadline has passed."""
     start = time.perf_counter()
     n = len(task.train)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    batchnorm = has_batchnorm(task.model)
+    batchnorm = has_batchnorm(original)
     if batchnorm and sizes[0] == 1 and 2 not in sizes and n >= 2:
         sizes = sorted({2, *sizes})
     rungs: list[Rung] = []
@@ -190,7 +187,7 @@ def _climb(task: Task, sizes: list[int], max_steps: int, seed: int, deadline: De
         elif deadline is not None and deadline.expired():
             rungs.append(Rung(k, "not run", "the time budget was spent"))
         else:
-            rungs.append(_run_rung(task, order[:k], max_steps, deadline, device))
+            rungs.append(_run_rung(task, original, order[:k], max_steps, deadline, device))
             failed = rungs[-1].status == "failed"
     return OverfitResult(rungs, [_ladder_finding(rungs, max_steps, time.perf_counter() - start)])
 
@@ -199,11 +196,11 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def _run_rung(task: Task, indices: list[int], max_steps: int, deadline: Deadline | None,
+def _run_rung(task: Task, original: nn.Module, indices: list[int], max_steps: int, deadline: Deadline | None,
               device: torch.device | str | None) -> Rung:
     """Train a fresh copy on the items at `indices` as one batch; an error in the user's code fails the rung."""
     start = time.perf_counter()
-    model = copy.deepcopy(task.model)
+    model = copy.deepcopy(original)
     model.to(resolve_device(device, model))
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
@@ -214,7 +211,7 @@ def _run_rung(task: Task, indices: list[int], max_steps: int, deadline: Deadline
     if not trainable:
         rung.reason = "no parameter requires a gradient: the whole model is frozen"
     else:
-        with grads_kept(task.model):
+        with grads_kept(original):
             try:
                 _train_rung(rung, task, model, trainable, indices, max_steps, deadline)
             except Exception as e:  # noqa: BLE001 -- the model, loss or optimizer raised: report it as the verdict
