@@ -111,9 +111,9 @@ def test_param_error_is_both_a_value_error_and_a_type_error():
 
 
 def test_the_structural_study_check_validates_its_points():
-    points = [ScalingPoint(size=s, params=p, tokens=1000, flops=6 * p * 1000, valid_loss=l, scores={"copy": a},
+    points = [ScalingPoint(size=s, params=p, tokens=1000, flops=6 * p * 1000, valid_loss=loss, scores={"copy": a},
                            totals={"copy": 500})
-              for s, p, l, a in (("tiny", 100, 2.0, 0.2), ("small", 400, 1.5, 0.5), ("medium", 1600, 1.2, 0.8))]
+              for s, p, loss, a in (("tiny", 100, 2.0, 0.2), ("small", 400, 1.5, 0.5), ("medium", 1600, 1.2, 0.8))]
     assert dltips.check_emergent_scaling(points)
     with pytest.raises(ValueError):
         dltips.check_emergent_scaling("not points")

@@ -6,6 +6,16 @@ process group for its whole length, `fit` shards the data and all-reduces the
 metrics, and only rank 0 prints and writes files. The doctor and the scaling
 study (`demo charlm --sizes`) run in one process by design; under torchrun they
 refuse with a one-line error (printed by rank 0) and exit status 2.
+
+Exit status of `dltips doctor` (usable as a CI gate):
+
+  0  healthy: no check failed (with --fail-on warn: none warned either)
+  1  a check failed (with --fail-on warn: or warned)
+  2  bad usage, or the target or its Task could not be loaded or validated
+  3  incomplete: a check could not run because your code (model, loss, optimizer, data) raised
+
+A failure takes precedence over incompleteness. A check cut short by the time
+budget is not incomplete: the budget decides how much is examined.
 """
 
 from __future__ import annotations
@@ -23,6 +33,14 @@ from pathlib import Path
 from typing import Iterator, Sequence, TextIO
 
 from dltips.catalog import THEME_TITLES, THEMES, TIPS, Tip, tips_by_theme
+
+
+DOCTOR_EPILOG = """exit status:
+  0  healthy: no check failed (with --fail-on warn: none warned either)
+  1  a check failed (with --fail-on warn: or warned)
+  2  bad usage, or the target or its Task could not be loaded or validated
+  3  incomplete: a check could not run because your code (model, loss, optimizer, data) raised
+A failure takes precedence over incompleteness; a check cut short by --budget is not incomplete."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,9 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     tips.set_defaults(command="tips", run=_run_tips)
 
     doctor = commands.add_parser("doctor", help="diagnose a Task: a verdict per tip, with the numbers and the fix",
-                                 description="Diagnose a Task: a verdict per tip, with the numbers and the fix. The doctor"
-                                             " runs in one process (its checks train small copies of the model side by"
-                                             " side); under torchrun it refuses with exit status 2.")
+                                 description=textwrap.fill(
+                                     "Diagnose a Task: a verdict per tip, with the numbers and the fix. The doctor"
+                                     " runs in one process (its checks train small copies of the model side by"
+                                     " side); under torchrun it refuses with exit status 2.", width=88),
+                                 epilog=DOCTOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     doctor.add_argument("target", nargs="?", help="path/to/file.py:function or package.module:function returning a Task")
     doctor.add_argument("--demo", choices=sorted(DEMOS), help="diagnose a bundled demo task instead")
     doctor.add_argument("--json", metavar="PATH", help="write the report as JSON")
@@ -56,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     doctor.add_argument("--only", type=_tip_list, metavar="TIP,...", help="run only these tips")
     doctor.add_argument("--skip", type=_tip_list, default=[], metavar="TIP,...", help="skip these tips")
+    doctor.add_argument("--fail-on", choices=("fail", "warn"), default="fail",
+                        help="the lowest status that makes the exit status 1 (default fail)")
     doctor.add_argument("--debug", action="store_true", help="show tracebacks")
     doctor.set_defaults(command="doctor", run=_run_doctor)
 
@@ -203,6 +225,8 @@ def _process_group() -> Iterator[tuple[int, int]]:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
+    """Diagnose the target and print the report; the exit status is `Report.exit_status(--fail-on)` (see DOCTOR_EPILOG)."""
+    from dltips.core.deadline import process_age_s
     from dltips.diagnosis.recipe import doctor
     from dltips.task import TaskError
 
@@ -213,17 +237,21 @@ def _run_doctor(args: argparse.Namespace) -> int:
         task = _task_from_args(args)
     except (TargetError, TaskError) as e:
         return _fail(str(e), args.debug)
+    if not args.budget > 0:
+        return _fail(f"--budget must be a positive number of seconds, got {args.budget}", args.debug)
+    # the budget bounds the whole command: start-up, imports and building the Task come off it
+    budget = max(args.budget - process_age_s(), 1.0)
     try:
-        report = doctor(task, budget_s=args.budget, seed=args.seed, device=args.device, only=args.only,
+        report = doctor(task, budget_s=budget, seed=args.seed, device=args.device, only=args.only,
                         skip=args.skip, debug=args.debug)
     except ValueError as e:
         return _fail(str(e), args.debug)
-    report.print()
+    report.print(fail_on=args.fail_on)
     if args.json:
         report.to_json(args.json)
     if args.html:
         report.to_html(args.html)
-    return 1 if report.failed else 0
+    return report.exit_status(args.fail_on)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

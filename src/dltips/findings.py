@@ -92,3 +92,30 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     raise ParamError(f"evidence values must be numbers, strings, lists or dicts; got {type(value).__name__}")
+
+
+# Why a check said `skip`, in `evidence["skip_reason"]`: the CLI's exit status and the summary read it.
+SKIP_TIME = "time"  # its fixed plan did not fit in the time it was given
+SKIP_ERROR = "error"  # the user's code (model, loss, optimizer, data) raised
+
+
+def skipped_for_time(tip: str, needs_s: float, done: str = "", evidence: dict | None = None) -> Finding:
+    """A `skip`: the check's plan needs about `needs_s` seconds more than it had. Never a verdict on part of it.
+
+    `done` says, in a few words, what was examined before the time ran out.
+    """
+    needs = max(float(needs_s), 1.0)
+    message = (f"Its plan needs about {needs:.0f} s more than the time it was given{': ' + done if done else ''}. "
+               "It gives no verdict on part of its evidence.")
+    return Finding(tip, "skip", f"Not run to the end: needs about {needs:.0f} s more", message,
+                   f"Rerun with a budget about {needs:.0f} s larger (`--budget`), or run this check alone "
+                   f"(`--only {tip}`).", {**(evidence or {}), "skip_reason": SKIP_TIME, "needs_s": round(needs, 1)})
+
+
+def could_not_run(tip: str, error: BaseException, what: str = "The check") -> Finding:
+    """A `skip`: the user's code raised while `what` ran; the report says so first and the CLI exits 3."""
+    name = type(error).__name__
+    return Finding(tip, "skip", f"Could not run: {name}",
+                   f"{what} raised {name}: {error}. Run with --debug for the traceback.",
+                   "Fix the error (run with --debug to see where it was raised), then rerun.",
+                   {"skip_reason": SKIP_ERROR, "error": f"{name}: {error}"})

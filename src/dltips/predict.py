@@ -4,10 +4,13 @@
 its position in the dataset, the output, the target and the loss. Per-item
 losses call the Task's own loss on each item, so any mean-reduced loss works
 (a language model's item is a sequence; its loss is the mean over its tokens).
+Given a deadline, `predict` reads it after each batch and raises `OutOfTime` when it has passed,
+so a check with a fixed plan can skip and say how long the rest would take (`estimate_needed`).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -15,21 +18,54 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from dltips.core.deadline import Deadline, as_deadline
 from dltips.core.device import resolve_device, to_device
-from dltips.core.params import ParamError
+from dltips.core.params import ParamError, int_at_least, number
 from dltips.core.state import eval_mode
-from dltips.task import IGNORE_INDEX, Task
+from dltips.task import IGNORE_INDEX, Task, as_logits
 
 
 @dataclass
 class Predictions:
     indices: torch.Tensor  # positions of the items in the dataset
-    outputs: torch.Tensor  # model outputs, float32, on the CPU
+    outputs: torch.Tensor  # model outputs, float32, on the CPU; probabilities of a binary model as logits (as_logits)
     targets: torch.Tensor  # targets, on the CPU
     losses: torch.Tensor  # one loss per item, float64
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class OutOfTime(Exception):
+    """The deadline passed after `done` of `total` items were scored, in `seconds`.
+
+    At least one item is always done, so the rate is measured: `estimate_needed` gives the
+    seconds the remaining items would take.
+    """
+
+    def __init__(self, done: int, total: int, seconds: float):
+        done = int_at_least("done", done, 1)
+        super().__init__(done, int_at_least("total", total, done), number("seconds", seconds, 0.0))
+
+    @property
+    def done(self) -> int:
+        return self.args[0]
+
+    @property
+    def total(self) -> int:
+        return self.args[1]
+
+    @property
+    def seconds(self) -> float:
+        return self.args[2]
+
+    def __str__(self) -> str:
+        return f"out of time after scoring {self.done} of {self.total} items in {self.seconds:.2f} s"
+
+
+def estimate_needed(err: OutOfTime) -> float:
+    """Seconds the items left by `err` would take at the rate measured so far: seconds * (total - done) / done."""
+    return err.seconds * (err.total - err.done) / err.done
 
 
 @torch.no_grad()
@@ -40,18 +76,29 @@ def predict(
     *,
     indices: Sequence[int] | None = None,
     device: torch.device | str | None = None,
+    deadline: Deadline | float | None = None,
 ) -> Predictions:
-    """Outputs and per-item losses of `model` on `data` (or on the items at `indices`)."""
+    """Outputs and per-item losses of `model` on `data` (or on the items at `indices`).
+
+    With a `deadline` (a Deadline or seconds), it is read after every batch but the last: once it
+    has passed, `OutOfTime` is raised with the items scored so far (at least the first batch).
+    """
+    deadline = as_deadline(deadline)
     device = resolve_device(device, model)
     positions = list(range(len(data))) if indices is None else [int(i) for i in indices]
     loader = DataLoader(Subset(data, positions), batch_size=task.batch_size)
     outputs, targets = [], []
+    started, done = time.monotonic(), 0
     with eval_mode(model):
         for x, y in loader:
             outputs.append(model(to_device(x, device)).float().cpu())
             targets.append(y)
+            done += len(outputs[-1])
+            if deadline is not None and done < len(positions) and deadline.expired():
+                raise OutOfTime(done, len(positions), time.monotonic() - started)
     output, target = torch.cat(outputs), torch.cat(targets)
-    return Predictions(torch.tensor(positions), output, target, item_losses(task.loss_fn, output, target))
+    losses = item_losses(task.loss_fn, output, target)
+    return Predictions(torch.tensor(positions), as_logits(task, output), target, losses)
 
 
 def item_losses(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ shape instead of as a deep traceback in the middle of training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -54,6 +54,9 @@ class Task:
     augment: Callable | None = None
     name: str = "task"
 
+    # set by validate(): the convention of the model's outputs (see `output_form`)
+    output_form: str = field(default="logits", init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -67,10 +70,10 @@ class Task:
             raise TaskError("batch_size", repr(self.batch_size), "a positive int")
         if not isinstance(self.name, str) or not self.name:
             raise TaskError("name", repr(self.name), "a non-empty string")
-        for field in ("loss", "optimizer", "augment"):
-            value = getattr(self, field)
+        for name in ("loss", "optimizer", "augment"):
+            value = getattr(self, name)
             if value is not None and not callable(value):
-                raise TaskError(field, type(value).__name__, "a callable or None")
+                raise TaskError(name, type(value).__name__, "a callable or None")
         if self.n_classes is not None and (not isinstance(self.n_classes, int) or self.n_classes < 1):
             raise TaskError("n_classes", repr(self.n_classes), "a positive int or None")
         for split in ("train", "valid", "test"):
@@ -85,6 +88,7 @@ class Task:
             if split != "test" or self.test is not None:
                 _check_labels(split, getattr(self, split), self.kind, self.n_classes)
         _check_loss(self.loss_fn, output, y)
+        self.output_form = output_form(self.kind, output, y, self.loss_fn)
 
     @property
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -143,6 +147,55 @@ def count_items(kind: str, target: torch.Tensor) -> int | torch.Tensor:
     if kind == "language-model":
         return (target != IGNORE_INDEX).sum()
     return len(target)
+
+
+OUTPUT_FORMS = ("logits", "log-probabilities", "probabilities", "values")
+_NORM_TOL = 1e-3  # |sum - 1| accepted as normalised
+
+
+def output_form(kind: str, output: torch.Tensor, target: torch.Tensor | None = None,
+                loss_fn: Callable | None = None) -> str:
+    """The convention of the model's outputs, one of OUTPUT_FORMS: what its loss and its decisions expect.
+
+    "values" for regression. For classes: "probabilities" when they lie in [0, 1] and sum to 1 over the
+    class dimension, "log-probabilities" when they are at most 0 and their exponentials sum to 1 (a
+    `log_softmax` for `nll_loss`), else "logits". For binary and multilabel outputs in [0, 1] the loss
+    decides: one that refuses a value outside [0, 1] (BCELoss) wants probabilities; else they are logits.
+    """
+    if kind == "regression":
+        return "values"
+    out = output.detach().double()
+    if out.numel() == 0:
+        return "logits"
+    in_unit = bool((out >= 0).all() and (out <= 1).all())
+    if kind in ("binary", "multilabel"):
+        return "probabilities" if in_unit and _refuses_logits(output, target, loss_fn) else "logits"
+    dim = 1 if kind == "classification" else out.dim() - 1
+    if in_unit and bool(((out.sum(dim) - 1).abs() < _NORM_TOL).all()):
+        return "probabilities"
+    if bool((out <= 1e-6).all()) and bool(((out.exp().sum(dim) - 1).abs() < _NORM_TOL).all()):
+        return "log-probabilities"
+    return "logits"
+
+
+def as_logits(task: Task, output: torch.Tensor) -> torch.Tensor:
+    """`output` as logits for decisions (thresholds at 0, argmax): probabilities of a binary or multilabel
+    model (`Task.output_form` "probabilities", a sigmoid before BCELoss) become their log-odds."""
+    if task.output_form == "probabilities" and task.kind in ("binary", "multilabel"):
+        return torch.logit(output.clamp(1e-7, 1 - 1e-7))
+    return output
+
+
+def _refuses_logits(output: torch.Tensor, target: torch.Tensor | None, loss_fn: Callable | None) -> bool:
+    """Whether `loss_fn` raises on outputs outside [0, 1] (as BCELoss does); True when it cannot be asked."""
+    if loss_fn is None or target is None:
+        return True
+    try:
+        with torch.no_grad():
+            loss_fn(torch.full_like(output, 3.0), target.to(output.device))
+    except Exception:  # noqa: BLE001 -- any refusal means the loss wants probabilities
+        return True
+    return False
 
 
 def check_output(kind: str, n_classes: int | None, output: Any, target: torch.Tensor) -> None:

@@ -8,6 +8,7 @@ each broken task with one of its expected tips.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -242,6 +243,127 @@ def label_shifted_test_task() -> Task:
     return _with(task, test=TensorDataset(x[keep], y[keep]), name="label-shifted-test")
 
 
+# Healthy tasks in conventions of public training scripts (pytorch/examples, nanoGPT, makemore).
+
+
+class MnistNet(nn.Module):
+    """pytorch/examples' MNIST network at the digits' 8x8 scale: conv, conv, dropout, two linear layers, log_softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 16, 3, 1, padding=1), nn.Conv2d(16, 32, 3, 1, padding=1)
+        self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+        self.fc1, self.fc2 = nn.Linear(32 * 4 * 4, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = self.dropout1(torch.flatten(x, 1))
+        x = self.dropout2(F.relu(self.fc1(x)))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def mnist_style_task() -> Task:
+    """log_softmax outputs, F.nll_loss and Adadelta at lr 1.0, as pytorch/examples trains MNIST."""
+    task = digits_task()
+    torch.manual_seed(0)
+    return _with(task, model=MnistNet(), loss=F.nll_loss, optimizer=lambda p: torch.optim.Adadelta(p, lr=1.0),
+                 name="mnist-style")
+
+
+def batchnorm_regression_task() -> Task:
+    """A tabular regression MLP with BatchNorm after each hidden layer (friedman1, standardised targets)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 64), nn.BatchNorm1d(64),
+                          nn.ReLU(), nn.Linear(64, 1))
+    return _with(tabular("friedman1", "regression", model=model), name="batchnorm-regression")
+
+
+class ClosureNet(nn.Module):
+    """Its parts are reached through closures and a partial, as some scripts write a forward pass."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.head = nn.Linear(64, n_out)
+        self.features = lambda x: self.body(x)
+        self.classify = functools.partial(self._head, self.head)
+
+    @staticmethod
+    def _head(layer, h):
+        return layer(h)
+
+    def forward(self, x):
+        return self.classify(self.features(x))
+
+
+def closure_task() -> Task:
+    task = digits_mlp()
+    torch.manual_seed(0)
+    return _with(task, model=ClosureNet(64, 10), name="closures")
+
+
+def big_mlp_task() -> Task:
+    """1.1M parameters: digits through two hidden layers of 1,024 units."""
+    task = digits_mlp()
+    torch.manual_seed(0)
+    return _with(task, model=mlp(64, 10, width=1024), name="big-mlp")
+
+
+class TinyTransformerLM(nn.Module):
+    """A causal Transformer language model from torch's own layers (pre-norm, batch first, untied head)."""
+
+    def __init__(self, vocab: int, context: int, width: int = 64, heads: int = 4, layers: int = 2):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, width), nn.Embedding(context, width)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.1, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+
+    def forward(self, ids):
+        t = ids.shape[1]
+        h = self.tokens(ids) + self.positions(torch.arange(t, device=ids.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=ids.device)
+        return self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
+
+
+def transformer_lm_task() -> Task:
+    """Character windows of the standard library's prose (the charlm demo's corpus, 60,000 characters)."""
+    from dltips.demos.charlm import charlm_data
+
+    vocab, train, valid, test = charlm_data(seq_len=32, max_chars=60_000)
+    torch.manual_seed(0)
+    return Task(TinyTransformerLM(len(vocab), 32), train, valid, test, kind="language-model", batch_size=32,
+                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), name="transformer-lm")
+
+
+def sum_loss(output, target):
+    return F.cross_entropy(output, target, reduction="sum")
+
+
+HEALTHY.update({
+    "mnist-style": mnist_style_task,
+    "wine-plain-sgd": lambda: _with(tabular("wine", "classification"),
+                                    optimizer=lambda p: torch.optim.SGD(p, lr=0.1), name="wine-plain-sgd"),
+    "batchnorm-regression": batchnorm_regression_task,
+    "label-smoothing": lambda: _with(digits_mlp(), loss=nn.CrossEntropyLoss(label_smoothing=0.1),
+                                     name="label-smoothing"),
+    # a sum over the batch of 64 with the LR divided by 64: the same steps as a mean at lr 0.05
+    "sum-reduced-loss": lambda: _with(digits_mlp(), loss=sum_loss,
+                                      optimizer=lambda p: torch.optim.SGD(p, lr=0.05 / 64, momentum=0.9),
+                                      name="sum-reduced-loss"),
+    "closures": closure_task,
+    "big-mlp": big_mlp_task,
+    "transformer-lm": transformer_lm_task,
+    "bce-probabilities": lambda: _with(tabular("breast_cancer", "binary"),
+                                       model=nn.Sequential(mlp(30, 1), nn.Sigmoid(), nn.Flatten(0)),
+                                       loss=nn.BCELoss(), name="bce-probabilities"),
+    "class-weights": lambda: _with(tabular("wine", "classification"),
+                                   loss=nn.CrossEntropyLoss(weight=torch.tensor([1.0, 0.8, 1.3])),
+                                   name="class-weights"),
+})
+
+
 BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
     "init-x30": (lambda: _with(scaled_last_layer(digits_mlp(), 30.0), name="init-x30"), {"initialization"}),
     "softmax-before-ce": (lambda: _with(digits_mlp(), model=nn.Sequential(digits_mlp().model, nn.Softmax(1)),
@@ -271,3 +393,17 @@ BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
     "blind-lm": (lambda: _with(bigram_lm(), model=ContextBlind(12), name="blind-lm"),
                  {"overfit-tiny", "overfit-then-regularize", "error-gaps"}),
 }
+
+
+def task_named(name: str) -> Task:
+    """The calibration task `name`, healthy or broken."""
+    return HEALTHY[name]() if name in HEALTHY else BROKEN[name][0]()
+
+
+def __getattr__(attribute: str):
+    """`task_<name>` (dashes as underscores): a function building that task, a target for `dltips doctor`."""
+    if attribute.startswith("task_"):
+        name = attribute[len("task_"):].replace("_", "-")
+        if name in HEALTHY or name in BROKEN:
+            return lambda: task_named(name)
+    raise AttributeError(attribute)

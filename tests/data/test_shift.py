@@ -1,5 +1,6 @@
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -7,9 +8,13 @@ from flat_model import Flat
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dltips.core.deadline import Deadline
 from dltips.core.params import ParamError
 from dltips.data.shift import (
     ALPHA,
+    FIT_S_PER_UNIT,
+    PCA_S_PER_VALUE,
+    READ_CHUNK,
     _aucs,
     check_val_test_match,
     chi2_homogeneity,
@@ -249,3 +254,74 @@ def test_auc_matches_sklearn_with_ties():
     got = _aucs(scores, y)
     for i in range(3):
         assert float(got[i]) == pytest.approx(metrics.roc_auc_score(y[i].numpy(), scores[i].numpy()))
+
+
+# ---------------------------------------------------------------- the time plan
+
+
+class ExpiresAfter(Deadline):
+    """A deadline far away whose `expired()` answers True from its `calls`-th call on."""
+
+    def __init__(self, calls: int):
+        super().__init__(time.monotonic() + 3600)
+        self.calls, self.limit = 0, calls
+
+    def expired(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.limit
+
+
+def one_skip(findings):
+    assert len(findings) == 1
+    (f,) = findings
+    assert f.status == "skip" and f.evidence["skip_reason"] == "time" and f.evidence["needs_s"] > 0
+    return f
+
+
+def test_without_a_deadline_the_verdict_is_unchanged(one_thread):
+    x, y = gaussian(300, seed=21)
+    task = make_task(x[:150], y[:150], x[150:] + 0.5, y[150:])
+    plain = check_val_test_match(task, seed=4, permutations=50)
+    for deadline in (None, 3600.0, ExpiresAfter(10 ** 6)):
+        same = check_val_test_match(task, seed=4, permutations=50, deadline=deadline)
+        assert [f.to_dict() for f in same] == [f.to_dict() for f in plain]
+    assert plain[0].status == "fail"
+
+
+def test_items_read_one_by_one_in_chunks_give_the_same_verdict(one_thread):
+    x, y = gaussian(1200, seed=22)
+    as_list = Task(Flat(10, 3), list(zip(x[:600], y[:600])), list(zip(x[:600], y[:600])), list(zip(x[600:], y[600:])))
+    as_tensors = make_task(x[:600], y[:600], x[600:], y[600:])
+    a = check_val_test_match(as_list, seed=1, permutations=50, deadline=3600.0)
+    b = check_val_test_match(as_tensors, seed=1, permutations=50)
+    assert a[0].evidence["inputs"] == b[0].evidence["inputs"]
+
+
+def test_a_spent_deadline_gives_one_skip_before_any_work():
+    x, y = gaussian(200, seed=23)
+    f = one_skip(check_val_test_match(make_task(x[:100], y[:100], x[100:], y[100:]), deadline=Deadline.after(0.0)))
+    assert "featurising and the 5 folds not begun" in f.message
+    assert f.evidence["n_each"] == 100 and f.evidence["permutations"] == 200
+
+
+def test_the_allowance_for_steps_not_begun_follows_the_documented_rule():
+    g = torch.Generator().manual_seed(24)
+    x = torch.rand(2000, 3, 32, 32, generator=g)
+    y = torch.zeros(2000).long()
+    f = one_skip(check_val_test_match(make_task(x[:1000], y[:1000], x[1000:], y[1000:]), deadline=ExpiresAfter(1)))
+    expected = PCA_S_PER_VALUE * 2000 * 3072 + FIT_S_PER_UNIT * 2000 * 201 * 5
+    assert f.evidence["needs_s"] == pytest.approx(max(expected, 1.0), abs=0.06)
+
+
+def test_running_out_between_folds_skips(one_thread):
+    x, y = gaussian(200, seed=25)
+    task = make_task(x[:100], y[:100], x[100:], y[100:])
+    f = one_skip(check_val_test_match(task, deadline=ExpiresAfter(4)))  # entry, featurised, folds 1 and 2
+    assert "fitted 2 of 5 folds" in f.message
+
+
+def test_running_out_while_reading_items_skips():
+    x, y = gaussian(1200, seed=26)
+    task = Task(Flat(10, 3), list(zip(x[:600], y[:600])), list(zip(x[:600], y[:600])), list(zip(x[600:], y[600:])))
+    f = one_skip(check_val_test_match(task, deadline=ExpiresAfter(2)))
+    assert f"read {2 * READ_CHUNK} of the 1200 validation and test items" in f.message

@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -286,3 +287,75 @@ def test_calibration_flipped_digits_labels_come_first(flip):
         assert sum(i in flipped for i in e["indices"][:n_flip]) >= 0.85 * n_flip
         assert sum(i in flipped for i in e["confident_mistakes"]) >= 0.95 * len(e["confident_mistakes"])
         assert len(e["confident_mistakes"]) >= 0.6 * n_flip
+
+
+# ---------------------------------------------------------------- the fix follows the counts; the deadline
+
+
+@pytest.mark.parametrize("wrong, confident", [(0, 0), (6, 0), (6, 6)])
+def test_the_fix_follows_the_mistake_counts(wrong, confident):
+    n, c = 60, 3
+    y = torch.arange(n) % c
+    logits = torch.nn.functional.one_hot(y, c).float() * 6
+    scale = 8.0 if confident else 0.5  # a wrong class at 8 gives the label p < 0.1; at 0.5 it stays above
+    logits[:wrong] = torch.nn.functional.one_hot((y[:wrong] + 1) % c, c).float() * scale
+    task = Task(Lookup(logits), TensorDataset(id_inputs(n), y), TensorDataset(id_inputs(n)[:5], y[:5]))
+    (f,) = check_worst_predictions(task)
+    assert f.evidence["counts"] == {"wrong": wrong, "confident_mistakes": confident}
+    if confident:
+        assert "relabel" in f.fix and "wrong labels" in f.message
+    elif wrong:
+        assert "relabel" not in f.fix and "none points at a wrong label" in f.message
+    else:
+        assert f.fix is None and "every ranked item right" in f.message
+
+
+def test_multilabel_counts_every_mistake_beside_the_confident_ones():
+    n = 40
+    logits = torch.full((n, 2), 4.0)
+    y = torch.ones(n, 2)
+    y[:3, 0] = 0  # label 0 of items 0-2 gets p = sigmoid(4) = 0.98: confidently wrong
+    y[3:5, 1] = 0
+    logits[3:5, 1] = 0.5  # p = sigmoid(0.5) = 0.62: wrong side of 0.5, not confident
+    task = Task(Lookup(logits), TensorDataset(id_inputs(n), y), TensorDataset(id_inputs(n)[:5], y[:5]),
+                kind="multilabel")
+    (f,) = check_worst_predictions(task)
+    assert f.evidence["counts"] == {"wrong": 5, "confident_mistakes": 3}
+    assert "relabel" in f.fix
+
+
+class Slow(Dataset):
+    """Items that take `delay` seconds each to fetch."""
+
+    def __init__(self, x, y, delay):
+        self.x, self.y, self.delay = x, y, delay
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return self.x[i], self.y[i]
+
+
+def test_a_deadline_that_cannot_be_met_gives_a_skip_with_the_time_still_needed():
+    task, _, _ = classification_task(n=400)
+    x, y = task.train.tensors
+    slow = Task(task.model, Slow(x, y, 0.002), task.valid, batch_size=8)  # chunks of 128 items, 0.26 s each
+    start = time.perf_counter()
+    (f,) = check_worst_predictions(slow, deadline=0.3)
+    elapsed = time.perf_counter() - start
+    e = f.evidence
+    assert f.status == "skip" and e["skip_reason"] == "time"
+    assert e["n_planned"] == 400 and 0 < e["n_scored"] < 400 and e["n_scored"] % 128 == 0
+    # the items left need at least their sleeps; the budget had at most 0.3 s of them
+    assert e["needs_s"] >= max(1.0, round((400 - e["n_scored"]) * 0.002 - 0.3, 1))
+    assert elapsed < 400 * 0.002  # it stopped before scoring everything
+    assert "indices" not in e
+
+
+def test_a_deadline_that_is_met_changes_nothing():
+    task, _, _ = classification_task(n=200)
+    (timed,) = check_worst_predictions(task, deadline=60.0)
+    (untimed,) = check_worst_predictions(task)
+    assert timed.evidence == untimed.evidence and timed.status == "info"

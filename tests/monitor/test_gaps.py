@@ -1,15 +1,18 @@
 import itertools
 import json
 import math
+import time
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import dltips.monitor.gaps as gaps_module
+from dltips.core.deadline import Deadline
 from dltips.diagnosis.report import Report
 from dltips.monitor.gaps import check_error_gaps, judge_error_gaps, measure_error_gaps
-from dltips.predict import LM_BASELINE_FRACTION, evenly_spaced
+from dltips.predict import LM_BASELINE_FRACTION, OutOfTime, evenly_spaced
 from dltips.task import Task
 
 # (train, valid, test, baseline) -> (status, dominant gap); the runs of the module docstring,
@@ -214,7 +217,8 @@ def test_measure_error_gaps_measures_each_split():
     assert errors["valid"] == pytest.approx(50 / 200) and errors["test"] == pytest.approx(25 / 100)
     # validation labels 0, 1, 2 occur 67, 67 and 66 times: the majority class is right on 66 or 67 items
     assert 1 - 67 / 200 - 1e-12 <= errors["baseline"] <= 1 - 66 / 200 + 1e-12
-    assert f.evidence["n_items"] == {"train": 2000, "train_total": 3000, "valid": 200, "test": 100}
+    assert f.evidence["n_items"] == {"train": 2000, "train_total": 3000, "valid": 200, "valid_total": 200,
+                                     "test": 100, "test_total": 100}
     assert f.status == "warn" and f.evidence["dominant"] == "bias"
 
 
@@ -264,3 +268,72 @@ def test_the_old_call_forms_still_work_and_warn():
     with pytest.warns(DeprecationWarning, match="check_error_gaps"):
         (f,) = measure_error_gaps(task.model, task)
     assert f.evidence["errors"] == check_error_gaps(task)[0].evidence["errors"]
+
+
+# ---------------------------------------------------------------- the time plan
+
+
+class ExpiresAfter(Deadline):
+    """A deadline far away whose `expired()` answers True from its `calls`-th call on."""
+
+    def __init__(self, calls: int):
+        super().__init__(time.monotonic() + 3600)
+        self.calls, self.limit = 0, calls
+
+    def expired(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.limit
+
+
+class Slow(Lookup):
+    def forward(self, x):
+        time.sleep(0.1)
+        return super().forward(x)
+
+
+def test_without_a_deadline_or_with_a_generous_one_the_verdict_is_unchanged():
+    task = lookup_task(n_train=3000, wrong_eval=lambda i: i % 4 == 0)
+    plain = check_error_gaps(task, seed=1)
+    assert [f.to_dict() for f in check_error_gaps(task, seed=1, deadline=None)] == [f.to_dict() for f in plain]
+    assert [f.to_dict() for f in check_error_gaps(task, seed=1, deadline=3600.0)] == [f.to_dict() for f in plain]
+    assert plain[0].status == "warn"
+
+
+def test_a_spent_deadline_gives_one_skip_with_the_time_needed():
+    task = lookup_task(n_train=3000)
+    findings = check_error_gaps(task, deadline=Deadline.after(0.0))
+    assert len(findings) == 1
+    (f,) = findings
+    assert f.status == "skip" and f.evidence["skip_reason"] == "time" and f.evidence["needs_s"] > 0
+    assert f.evidence["n_items"] == {"train": 2000, "valid": 200, "test": 100}
+    assert f"scored {task.batch_size} of the 2300 planned items" in f.message  # one batch, timed
+
+
+def test_running_out_during_validation_counts_the_whole_plan():
+    task = lookup_task(n_train=3000)
+    task.batch_size = 100  # 20 training batches (19 looks at the clock), then 2 validation batches
+    with pytest.raises(OutOfTime) as caught:
+        measure_error_gaps(task, deadline=ExpiresAfter(20))
+    assert (caught.value.done, caught.value.total) == (2000 + 100, 2000 + 200 + 100)
+    (f,) = check_error_gaps(task, deadline=ExpiresAfter(20))
+    assert f.status == "skip" and "scored 2100 of the 2300 planned items" in f.message
+
+
+def test_the_time_needed_is_extrapolated_from_the_pace_measured():
+    base = lookup_task(n_train=1000, n_valid=100, n_test=100)
+    task = Task(Slow(base.model.logits.detach()), base.train, base.valid, base.test, batch_size=100)
+    (f,) = check_error_gaps(task, deadline=ExpiresAfter(1))  # after the first of 12 batches of 0.1 s
+    assert f.status == "skip"
+    assert 11 * 0.1 * 0.9 <= f.evidence["needs_s"] <= 11 * 0.1 * 8
+
+
+def test_validation_and_test_are_capped_at_evenly_spaced_items(monkeypatch):
+    monkeypatch.setattr(gaps_module, "MAX_EVAL_ITEMS", 50)
+    task = lookup_task(n_train=300, wrong_eval=lambda i: i % 3 == 0)
+    (f,) = check_error_gaps(task)
+    assert f.evidence["n_items"] == {"train": 300, "train_total": 300, "valid": 50, "valid_total": 200,
+                                     "test": 50, "test_total": 100}
+    picked = evenly_spaced(200, 50)
+    assert f.evidence["errors"]["valid"] == pytest.approx(sum(i % 3 == 0 for i in picked) / 50)
+    picked = evenly_spaced(100, 50)  # the test items follow the 200 validation items in `wrong_eval`'s count
+    assert f.evidence["errors"]["test"] == pytest.approx(sum((200 + i) % 3 == 0 for i in picked) / 50)

@@ -519,3 +519,16 @@ def test_an_over_confident_model_is_flagged():
     assert (main["improving"], main["worsening"]) == ("valid_balanced_accuracy", "valid_loss")  # the objective
     assert "over-confident" in divergence.fix
     assert logloss.status == "warn"
+
+
+def test_choosing_by_an_mse_loss_against_an_assumed_mae_is_info_not_warn():
+    # the loss and RMSE fall to step 100; MAE is best at step 40: a choice between two fair objectives
+    loss = [1.00, 0.60, 0.40, 0.30, 0.25, 0.22, 0.20, 0.19, 0.18, 0.17]
+    mae = [0.90, 0.60, 0.45, 0.30, 0.32, 0.36, 0.40, 0.44, 0.47, 0.50]
+    curves = {"valid_loss": loss, "valid_rmse": [v ** 0.5 for v in loss], "valid_mae": mae}
+    _, assumed = fill(MetricTracker(), curves, n_items=1000).findings()
+    assert assumed.status == "info" and assumed.evidence["loss_twin"] == "valid_rmse"
+    assert "valid_mae" in assumed.fix and "objective=" in assumed.fix
+    # declared, the same curves are a real cost
+    _, declared = fill(MetricTracker(objective="valid_mae"), curves, n_items=1000).findings()
+    assert declared.status == "warn" and declared.evidence["cost_z"] > 3

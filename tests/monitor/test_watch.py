@@ -417,3 +417,20 @@ def test_a_step_with_a_closure_measures_the_gradients_the_closure_computes(as_ke
         assert sample.gradient("0.weight", "norm") == pytest.approx(norm, rel=1e-5)
     for a, b in zip(plain.samples, closed.samples):
         assert a.updates == pytest.approx(b.updates)
+
+
+def test_an_output_sigmoid_that_saturates_is_a_confident_prediction_not_a_saturated_layer():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).float()
+    hidden = nn.Sigmoid()
+    model = nn.Sequential(nn.Linear(4, 16), hidden, nn.Linear(16, 1), nn.Sigmoid(), nn.Flatten(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    with watch(model, optimizer, every=5) as w:
+        for _ in range(200):
+            optimizer.zero_grad()
+            F.binary_cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert w.output_layers == {"3"}  # the final sigmoid (its output, flattened, is the model's output)
+    assert all("3" not in s.activations for s in w.samples)
+    assert any(not math.isnan(s.activation("1", "saturated")) for s in w.samples)  # the hidden one is still judged

@@ -10,7 +10,15 @@ from torch.utils.data import TensorDataset
 
 from dltips.core.params import ParamError
 from dltips.data.toys import TinyTransformer
-from dltips.nlp.tying import check_weight_tying, count_parameters, find_tied, find_untied, tie_weights, untie_weights
+from dltips.nlp.tying import (
+    WARN_SHARE,
+    check_weight_tying,
+    count_parameters,
+    find_tied,
+    find_untied,
+    tie_weights,
+    untie_weights,
+)
 from dltips.task import Task
 
 # GPT-2 small as published (Radford et al. 2019; Hugging Face's "gpt2" reports 124,439,808 parameters, tied).
@@ -343,7 +351,8 @@ def test_check_warns_with_the_saving_and_a_fix_that_names_the_modules():
     model = LM()
     total = count_parameters(model)
     [finding] = check_weight_tying(model)
-    assert finding.tip == "weight-tying" and finding.status == "warn"
+    assert finding.tip == "weight-tying"
+    assert finding.status == ("warn" if 400 / total >= WARN_SHARE else "info")
     assert "\n" not in finding.title
     assert "lm_head.weight (50 x 8 = 400 parameters) has the shape of tok_emb.weight" in finding.message
     assert f"({400 / total:.0%})" in finding.message
@@ -353,6 +362,15 @@ def test_check_warns_with_the_saving_and_a_fix_that_names_the_modules():
     assert finding.evidence["parameters_if_tied"] == total - 400
     assert finding.evidence["share"] == pytest.approx(400 / total)
     json.dumps(finding.to_dict(), allow_nan=False)
+
+
+def test_an_untied_head_that_is_a_small_share_of_the_model_is_info_not_warn():
+    small = nn.ModuleDict({"emb": nn.Embedding(10, 8), "body": nn.Linear(8, 400), "out": nn.Linear(400, 8),
+                           "head": nn.Linear(8, 10)})
+    large = nn.ModuleDict({"emb": nn.Embedding(500, 8), "body": nn.Linear(8, 8), "head": nn.Linear(8, 500)})
+    [quiet], [loud] = check_weight_tying(small), check_weight_tying(large)
+    assert quiet.evidence["share"] < WARN_SHARE and quiet.status == "info"
+    assert loud.evidence["share"] >= WARN_SHARE and loud.status == "warn"
 
 
 def test_the_fix_runs_as_written_on_nested_modules():
@@ -386,7 +404,7 @@ def test_tiny_transformer_is_untied_and_the_suggested_tie_works():
     torch.manual_seed(0)
     model = TinyTransformer(vocab=10, max_len=16, dim=32)
     [finding] = check_weight_tying(model)
-    assert finding.status == "warn"
+    assert finding.status == "info"  # 320 of about 13k parameters: below WARN_SHARE
     assert "dltips.tie_weights(model.embed, model.head)" in finding.fix
     before = count_parameters(model)
     tie_weights(model.embed, model.head)

@@ -2,6 +2,7 @@ import functools
 import itertools
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -208,3 +209,94 @@ def test_a_loss_that_is_not_finite_fails():
     task = Task(NaNModel(), TensorDataset(x, y), TensorDataset(x, y))
     (f,) = check_lr(task, num_steps=20)
     assert f.status == "fail" and "not finite" in f.title
+
+
+# ---------------------------------------------------------------- the deadline and the optimizers default_lr does not know
+
+
+class Sleepy(nn.Module):
+    """A linear model whose training forward passes sleep `delay` seconds after the first `fast` of them."""
+
+    def __init__(self, delay, fast=0):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.delay, self.fast, self.calls = delay, fast, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls > self.fast:
+                time.sleep(self.delay)
+        return self.linear(x)
+
+
+def sleepy_task(delay, fast=0):
+    x, y = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 3
+    torch.manual_seed(0)
+    return Task(Sleepy(delay, fast), TensorDataset(x, y), TensorDataset(x, y), batch_size=16)
+
+
+def test_a_sweep_that_cannot_end_in_time_is_skipped_after_the_probe():
+    task = sleepy_task(0.02)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    start = time.perf_counter()
+    (f,) = check_lr(task, num_steps=100, deadline=0.5)
+    elapsed = time.perf_counter() - start
+    e = f.evidence
+    assert f.status == "skip" and e["skip_reason"] == "time" and e["steps_done"] == lr_check.PROBE_STEPS
+    # the 95 steps left sleep at least 1.9 s, and the budget left after the probe is under 0.5 s
+    assert e["needs_s"] >= round((100 - lr_check.PROBE_STEPS) * 0.02 - 0.5, 1)
+    assert elapsed < 0.5 and "curve" not in e and "suggestion" not in e
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+
+
+def test_a_sweep_that_slows_down_stops_when_it_would_overrun():
+    task = sleepy_task(0.05, fast=10)  # the probe sees fast steps; from step 10 on each takes 50 ms
+    (f,) = check_lr(task, num_steps=60, deadline=0.6)
+    e = f.evidence
+    assert f.status == "skip" and e["skip_reason"] == "time"
+    assert lr_check.PROBE_STEPS < e["steps_done"] < 60 and e["needs_s"] >= 1.0
+    assert f"{e['steps_done']} of the 60 range-test steps ran" in f.message
+
+
+def test_a_deadline_that_is_met_gives_the_same_verdict():
+    task = make_task("wine")
+    (timed,) = check_lr(task, num_steps=30, deadline=120.0)
+    (untimed,) = check_lr(task, num_steps=30)
+    assert timed.status != "skip" and timed.evidence["curve"] == untimed.evidence["curve"]
+
+
+@pytest.mark.parametrize("make, name", [(lambda p: torch.optim.Adadelta(p), "Adadelta"),
+                                        (lambda p: torch.optim.Rprop(p), "Rprop")])
+def test_optimizers_whose_lr_is_no_step_size_get_info_with_the_numbers(make, name):
+    (f,) = check_lr(make_task("wine", make), num_steps=30)
+    e = f.evidence
+    assert f.status == "info" and f.fix is None and e["comparable"] is False
+    assert e["optimizer"] == name and e["optimizer_family"] is None and e["default_lr"] is None
+    assert f"{e['suggestion']:.3g}" in f.message and "default_lr for" not in f.message
+
+
+def test_lbfgs_is_not_swept():
+    (f,) = check_lr(make_task("wine", lambda p: torch.optim.LBFGS(p)), num_steps=30)
+    assert f.status == "info" and "not run" in f.title and f.evidence["task_lr"] == 1.0
+
+
+def test_an_unknown_family_far_below_is_told_to_raise_the_lr_without_default_lr(monkeypatch):
+    curve = fake_curve(0.1)
+    monkeypatch.setattr(lr_check, "lr_find", lambda *args, **kwargs: curve)
+    (f,) = check_lr(make_task("wine", lambda p: torch.optim.RMSprop(p, lr=1e-7)))
+    assert f.status == "warn" and "default_lr" not in f.fix and f"{curve.suggestion:.3g}" in f.fix
+    assert "has no default_lr reference; torch's default lr for RMSprop is 0.01" in f.message
+    (known,) = check_lr(make_task("wine", adamw(1e-7)))
+    assert f"default_lr ({known.evidence['default_lr']:.3g})" in known.fix
+
+
+@pytest.mark.parametrize("task_lr, words", [(0.05, "between the range test's suggestion"),
+                                            (0.005, "below its suggestion"), (1.2e-4, "below its suggestion")])
+def test_a_pass_says_where_the_lr_lies(monkeypatch, task_lr, words):
+    curve = fake_curve(0.1)
+    monkeypatch.setattr(lr_check, "lr_find", lambda *args, **kwargs: curve)
+    (f,) = check_lr(make_task("wine", adamw(task_lr)))
+    assert f.status == "pass" and words in f.title and f.fix is None
+    if task_lr >= curve.suggestion:
+        assert "sane range" not in f.title

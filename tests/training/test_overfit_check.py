@@ -163,7 +163,8 @@ def test_healthy_models_overfit_every_rung(name):
 # name -> (task factory, first failing size, words the reason must contain)
 BROKEN = {
     "all parameters frozen": (frozen, 1, "frozen"),
-    "only the last bias trains": (frozen_but_last_bias, 1, "% of the parameters are trainable"),
+    # the bias alone can make one item's class win (fitted in about 370 steps), not two items of other classes
+    "only the last bias trains": (frozen_but_last_bias, 2, "% of the parameters are trainable"),
     "optimizer over other parameters": (wrong_parameters, 1, "optimizer holds none"),
     "loss on a detached output": (detached, 1, "no gradient reaches"),
     "lr 1e-7": (lambda: replace(classification(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-7)), 1,
@@ -392,7 +393,7 @@ def test_a_language_model_levelling_off_above_zero_but_below_the_baseline_is_not
     assert finding.status == "info" and "text's own unpredictability" in finding.message
     # the same data, a model that cannot use its input: no better than the most frequent token
     (blind,) = check_capacity(noisy_successor_lm(ContextBlindLM(12)))
-    assert blind.status == "warn" and blind.evidence["trend"] == "flat"
+    assert blind.status == "fail" and blind.evidence["trend"] == "flat"
     assert blind.evidence["train_error"] > LM_BASELINE_FRACTION * blind.evidence["baseline_error"]
 
 
@@ -407,7 +408,11 @@ def test_capacity_respects_the_time_budget(monkeypatch):
     monkeypatch.setattr(deadline_module, "time", FakeClock())
     (finding,) = check_capacity(spiral_task(), deadline=5.0)
     assert finding.evidence["stopped_by"] == "budget" and finding.evidence["steps"] == 5  # one clock read a step
-    assert finding.status == "info"
+    assert finding.status == "skip" and finding.evidence["skip_reason"] == "time"
+    # the time still needed: the planned steps left at the pace of the steps done
+    ev = finding.evidence
+    assert finding.evidence["needs_s"] == pytest.approx(
+        max(ev["seconds"] * (ev["max_steps"] - ev["steps"]) / ev["steps"], 1.0), abs=0.1)
 
 
 @pytest.mark.parametrize("make, first", [(classification, "weight decay"), (images, "data augmentation"),

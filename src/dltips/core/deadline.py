@@ -7,6 +7,7 @@ to examine. A check given a plain number of seconds treats it as a deadline that
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -46,3 +47,18 @@ def as_deadline(value: Any, name: str = "deadline") -> Deadline | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ParamError(f"{name} must be None, a dltips Deadline or a number of seconds, got {type(value).__name__}")
     return Deadline.after(number(name, value, 0.0, open_low=True))
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (interpreter start-up and imports included); 0.0 where unknown.
+
+    Read from /proc on Linux; the CLI takes it off the budget so that `--budget` bounds the whole command.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0

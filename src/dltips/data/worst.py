@@ -27,6 +27,7 @@ training items (0.1 s):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from dltips.core.checks import check_args, task_first
 from dltips.core.deadline import Deadline
 from dltips.core.device import model_on_device, resolve_device
 from dltips.core.params import instance, positive_int
-from dltips.findings import Finding
+from dltips.findings import Finding, skipped_for_time
 from dltips.predict import evenly_spaced, predict
 from dltips.task import IGNORE_INDEX, Task
 
@@ -77,8 +78,10 @@ def check_worst_predictions(
 
     `model` is the trained model (default `task.model`); it runs in eval mode on `device` (default:
     where it is; a copy runs when `device` is elsewhere). `max_items` limits the ranking to that many
-    evenly spaced training items (default: all). The check draws no random numbers and has no time
-    plan: `seed` and `deadline` are accepted for the common check signature. The old form
+    evenly spaced training items (default: all): that is its plan, never shortened by the clock. When
+    `deadline` passes, or the rate so far says it will, before every planned item is scored, the check
+    returns a `skip` with the time still needed (`skipped_for_time`), not a ranking of part of the
+    items. It draws no random numbers: `seed` is accepted for the common check signature. The old form
     `check_worst_predictions(model, task, ...)` still works for one release, with a DeprecationWarning.
     Evidence: "split", "indices" (positions in task.train, worst first),
     "losses", "predictions", "targets", and per kind "confident_mistakes",
@@ -90,7 +93,13 @@ def check_worst_predictions(
     device = resolve_device(device, model)
     model = model_on_device(model, device)
     positions = evenly_spaced(len(task.train), max_items)
-    scores = _score(model, task, positions, device)
+    try:
+        scores = _score(model, task, positions, device, deadline)
+    except _OutOfTime as cut:
+        return [skipped_for_time(TIP, cut.needs_s, f"scored {cut.scored} of the {len(positions)} training items "
+                                                    f"planned in {cut.seconds:.1f} s",
+                                 {"n_planned": len(positions), "n_scored": cut.scored, "n_train": len(task.train),
+                                  "seconds": round(cut.seconds, 3)})]
     ranked = _rank(task, model, scores, top, device)
 
     evidence = {
@@ -106,8 +115,7 @@ def check_worst_predictions(
         "confidence": CONFIDENT,
     }
     title, message = _summary(task.kind, ranked, len(positions))
-    fix = ("Look at these items: relabel or drop wrong labels, fix the preprocessing step that produced odd "
-           "inputs, and collect more examples like the ones the model finds hard.")
+    fix = _fix(ranked.counts)
     figures = [_figure(task, ranked)]
     return [Finding(TIP, "info", title, message, fix, evidence, figures)]
 
@@ -115,13 +123,34 @@ def check_worst_predictions(
 # ---------------------------------------------------------------- pass 1: a few numbers per item
 
 
-def _score(model: nn.Module, task: Task, positions: list[int], device) -> dict[str, torch.Tensor]:
-    """Per-item losses and the kind's summary numbers, computed chunk by chunk (outputs are not kept)."""
+class _OutOfTime(Exception):
+    """Scoring stopped before the planned items: `scored` done in `seconds`, about `needs_s` more needed."""
+
+    def __init__(self, scored: int, seconds: float, needs_s: float) -> None:
+        super().__init__(f"scored {scored} items in {seconds:.1f} s; needs {needs_s:.1f} s more")
+        self.scored, self.seconds, self.needs_s = scored, seconds, needs_s
+
+
+def _score(model: nn.Module, task: Task, positions: list[int], device,
+           deadline: Deadline | None = None) -> dict[str, torch.Tensor]:
+    """Per-item losses and the kind's summary numbers, computed chunk by chunk (outputs are not kept).
+
+    After each chunk the rate so far projects the time the other items need; when that is more than
+    `deadline` leaves (always so once it has passed), `_OutOfTime` says how much more is needed.
+    """
     chunk = task.batch_size * (1 if task.kind == "language-model" else 16)
     parts: list[dict[str, torch.Tensor]] = []
+    started = time.perf_counter()
     for start in range(0, len(positions), chunk):
         p = predict(model, task, task.train, indices=positions[start:start + chunk], device=device)
         parts.append({"index": p.indices, "loss": p.losses, **_item_numbers(task.kind, p.outputs, p.targets)})
+        scored = min(start + chunk, len(positions))
+        if deadline is not None and scored < len(positions):
+            seconds = time.perf_counter() - started
+            needs = seconds / scored * (len(positions) - scored)
+            left = deadline.left()
+            if needs > left:
+                raise _OutOfTime(scored, seconds, needs - left)
     return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
 
@@ -201,7 +230,8 @@ def _rank(task: Task, model: nn.Module, s: dict[str, torch.Tensor], top: int, de
         confident = s["worst_gap"] >= CONFIDENT
         extra["confident_mistakes"] = pick(confident, -s["loss"])
         extra["least_confident"] = pick(torch.ones_like(confident), s["closest"])
-        counts = {"confident_mistakes": int(confident.sum())}
+        wrong = ((s["probs"] > 0.5) != (s["target"] > 0.5)).any(1)
+        counts = {"wrong": int(wrong.sum()), "confident_mistakes": int(confident.sum())}
     else:  # regression
         predictions, targets = s["pred"][worst].tolist(), s["target"][worst].tolist()
     return Ranked(idx[worst].tolist(), s["loss"][worst].tolist(), predictions, targets, extra, counts)
@@ -240,9 +270,35 @@ def _summary(kind: str, r: Ranked, n: int) -> tuple[str, str]:
         head = f"Ranked {n} training examples by their mean loss per position."
     least = r.extra.get("least_confident")
     tail = f" The least confident: {', '.join(f'#{i}' for i in least[:MESSAGE_ITEMS])}." if least else ""
-    message = (f"{head} The {min(MESSAGE_ITEMS, len(r.indices))} worst: {named}.{tail} "
-               "Look at them for wrong labels, corrupted or mis-processed inputs, and rare cases.")
+    message = f"{head} The {min(MESSAGE_ITEMS, len(r.indices))} worst: {named}.{tail} {_look_for(c)}"
     return title, message
+
+
+def _look_for(counts: dict[str, int]) -> str:
+    """What the listed items may show, from the mistake counts: wrong labels only where some mistake is confident."""
+    if not counts:
+        return "Look at them for wrong targets, corrupted or mis-processed inputs, and rare cases."
+    if counts["confident_mistakes"]:
+        return "Look at them for wrong labels, corrupted or mis-processed inputs, and rare cases."
+    if counts["wrong"]:
+        return ("No mistake is confident, so none points at a wrong label; look at the mistakes for ambiguous or "
+                "mis-processed inputs and rare cases.")
+    return "The model gets every ranked item right: the list shows its least certain fits, not mistakes."
+
+
+def _fix(counts: dict[str, int]) -> str | None:
+    """The advice the counts support: relabelling only with confident mistakes, nothing with no mistake at all."""
+    if not counts:
+        return ("Look at these items: check their targets, fix the preprocessing step that produced odd inputs, "
+                "and collect more examples like the ones the model finds hard.")
+    if counts["confident_mistakes"]:
+        return (f"Look at the {counts['confident_mistakes']} confident mistakes first: relabel or drop the wrong "
+                "labels among them, fix the preprocessing step that produced odd inputs, and collect more examples "
+                "like the ones the model finds hard.")
+    if counts["wrong"]:
+        return ("Look at the misclassified items for ambiguous or mis-processed inputs, and collect more examples "
+                "like the ones the model finds hard.")
+    return None
 
 
 def _count(confident: int, n: int) -> str:

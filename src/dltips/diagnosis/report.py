@@ -13,9 +13,12 @@ from typing import Any
 
 from dltips import __version__
 from dltips.core.io import atomic_write_text
+from dltips.core.params import one_of
 from dltips.diagnosis.html import render_fragment, render_html, write_html
 from dltips.diagnosis.terminal import render_terminal
-from dltips.findings import STATUSES, Finding, jsonable
+from dltips.findings import SKIP_ERROR, STATUSES, Finding, jsonable
+
+FAIL_ON = ("fail", "warn")  # the statuses `exit_status` can be asked to fail on
 
 
 @dataclass
@@ -39,6 +42,26 @@ class Report:
     def failed(self) -> bool:
         return any(f.status == "fail" for f in self.findings)
 
+    @property
+    def incomplete(self) -> list[Finding]:
+        """The `skip` findings of checks that could not run because the user's code raised.
+
+        A check skipped for time (`skip_reason` "time") is not here: the budget decides how much is examined.
+        """
+        return [f for f in self.findings if f.evidence.get("skip_reason") == SKIP_ERROR]
+
+    def exit_status(self, fail_on: str = "fail") -> int:
+        """The CLI's exit status: 1 a check failed (or, with fail_on="warn", warned), 3 incomplete, else 0.
+
+        Failures take precedence over incompleteness: a definite failure is the
+        stronger signal, and the report still lists the checks that could not run.
+        """
+        one_of("fail_on", fail_on, FAIL_ON)
+        failing = ("fail",) if fail_on == "fail" else ("warn", "fail")
+        if any(f.status in failing for f in self.findings):
+            return 1
+        return 3 if self.incomplete else 0
+
     def to_dict(self) -> dict:
         """The report as JSON-ready data (figures and timings are left to the HTML report)."""
         return {
@@ -47,6 +70,7 @@ class Report:
             "duration_s": round(self.duration_s, 3),
             "findings": [f.to_dict() for f in self.findings],
             "summary": self.summary,
+            "incomplete": [f.tip for f in self.incomplete],
         }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
@@ -63,13 +87,19 @@ class Report:
     def _repr_html_(self) -> str:
         return render_fragment(self)
 
-    def print(self, console: Any = None) -> None:
-        """Print a summary to the terminal (coloured with rich when available)."""
-        render_terminal(self, console)
+    def print(self, console: Any = None, fail_on: str = "fail") -> None:
+        """Print a summary to the terminal (coloured with rich when available).
+
+        `fail_on` is the CLI's `--fail-on`: an incomplete report's summary line gives the exit status it implies.
+        """
+        render_terminal(self, console, fail_on)
 
     @classmethod
     def from_json(cls, text: str) -> Report:
-        """A report read back from `to_json` text (without figures and timings, which JSON does not keep)."""
+        """A report read back from `to_json` text (without figures and timings, which JSON does not keep).
+
+        "incomplete" is not read: it follows from the findings' evidence, and older JSON has no such key.
+        """
         data = json.loads(text)
         return cls(
             task=data["task"],

@@ -1,5 +1,9 @@
 """A Report as a terminal summary: one line per finding under its theme, then the totals.
 
+An incomplete report (a check could not run because the user's code raised)
+starts with an INCOMPLETE line naming those checks and their errors, and its
+totals line ends with the exit status the CLI returns for it.
+
 Coloured with rich when it is installed and the output is a terminal (or a rich
 Console is given); plain text otherwise.
 """
@@ -11,9 +15,12 @@ from typing import Any, TextIO
 
 from dltips.core.params import ParamError
 from dltips.diagnosis.text import ReportLike, by_theme, format_duration, task_facts, task_name, theme_title
+from dltips.findings import Finding
 
 STATUS_STYLES = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red", "info": "bold blue", "skip": "dim"}
 Line = list[tuple[str, str]]  # (text, rich style) segments
+MAX_ERROR_CHARS = 120  # characters of one error quoted on the INCOMPLETE line
+EXIT_MEANINGS = {1: "a check failed", 3: "incomplete"}  # the exit statuses an incomplete report can have
 
 
 def _header_line(report: ReportLike) -> Line:
@@ -37,9 +44,38 @@ def _totals_line(summary: dict[str, int]) -> Line:
     return totals
 
 
-def terminal_lines(report: ReportLike) -> list[Line]:
-    """The terminal summary as lines of styled segments: per theme, one line per finding, then totals."""
-    lines: list[Line] = [_header_line(report)]
+def _error_text(finding: Finding) -> str:
+    """The error a check raised, on one line and clipped: from its evidence, else its title."""
+    text = str(finding.evidence.get("error") or finding.title)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _incomplete_line(incomplete: list[Finding]) -> Line:
+    """The line that opens an incomplete report: how many checks could not run, each with its error."""
+    count = f"{len(incomplete)} check{'' if len(incomplete) == 1 else 's'}"
+    errors = ", ".join(f"{f.tip} ({_error_text(f)})" for f in incomplete)
+    return [("INCOMPLETE:", STATUS_STYLES["fail"]), (f" {count} could not run because your code raised: {errors}", "")]
+
+
+def _exit_segments(status: int, fail_on: str) -> Line:
+    """The end of an incomplete report's totals line: the exit status and what it means."""
+    meaning = EXIT_MEANINGS[status]
+    if status == 1:
+        meaning = ("a check failed or warned" if fail_on == "warn" else meaning) + "; also incomplete"
+    return [(" - ", ""), (f"exit status {status} ({meaning})", "bold")]
+
+
+def terminal_lines(report: ReportLike, fail_on: str = "fail") -> list[Line]:
+    """The terminal summary as lines of styled segments: per theme, one line per finding, then totals.
+
+    When the report is incomplete the INCOMPLETE line comes first and the totals
+    end with the exit status that `fail_on` (the CLI's `--fail-on`) gives.
+    """
+    incomplete = report.incomplete
+    status = report.exit_status(fail_on)
+    lines: list[Line] = [_incomplete_line(incomplete), []] if incomplete else []
+    lines.append(_header_line(report))
     width = max((len(f.tip) for f in report.findings), default=0)
     for theme, items in by_theme(report.findings):
         lines += [[], [(theme_title(theme), "bold underline")]]
@@ -50,7 +86,10 @@ def terminal_lines(report: ReportLike) -> list[Line]:
                 pad = " " * (2 + 4 + 2 + width + 2)
                 for i, text in enumerate(str(f.fix).splitlines() or [""]):
                     lines.append([(pad, ""), ("fix: " if i == 0 else "     ", "dim"), (text, "")])
-    return lines + [[], _totals_line(report.summary)]
+    totals = _totals_line(report.summary)
+    if incomplete:
+        totals += _exit_segments(status, fail_on)
+    return lines + [[], totals]
 
 
 def _rich_console_class() -> type | None:
@@ -62,13 +101,13 @@ def _rich_console_class() -> type | None:
     return Console
 
 
-def render_terminal(report: ReportLike, console: Any = None) -> None:
+def render_terminal(report: ReportLike, console: Any = None, fail_on: str = "fail") -> None:
     """Print the summary: with rich's colours on a terminal, else as plain text.
 
     `console` is a rich Console, a text stream, or None for sys.stdout (rich is
-    used only when it is installed and stdout is a terminal).
+    used only when it is installed and stdout is a terminal); `fail_on` as in `Report.exit_status`.
     """
-    lines = terminal_lines(report)
+    lines = terminal_lines(report, fail_on)
     console_class = _rich_console_class()
     if console is None:
         isatty = getattr(sys.stdout, "isatty", None)

@@ -28,6 +28,11 @@ class ReportLike(Protocol):
     @property
     def summary(self) -> dict[str, int]: ...
 
+    @property
+    def incomplete(self) -> list[Finding]: ...
+
+    def exit_status(self, fail_on: str = "fail") -> int: ...
+
 
 def plain(value: Any) -> Any:
     """Tensors and arrays as nested lists, numpy scalars as Python numbers."""

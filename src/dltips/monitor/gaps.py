@@ -40,11 +40,19 @@ images scaled to [0, 1]), fitted with `dltips.fit` on the CPU; the trivial
 
 (*) linear models on 30 training items; the validation error of the seed
 picked on 20 items is optimistic by 0.147, just past the 0.135 threshold.
+
+Time plan: the items scored are fixed by the task's sizes and `max_items` alone (at most
+MAX_TRAIN_ITEMS training items, or `max_items`, and MAX_EVAL_ITEMS validation and test items,
+evenly spaced); the clock never shrinks them. When the deadline passes before the plan is
+scored, the check returns a `skip` with the time the rest would take, never a verdict on part
+of the items. The deadline is read between batches, so an already spent deadline costs one batch,
+whose timing gives the estimate.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from numbers import Real
@@ -54,15 +62,26 @@ import torch
 from torch import nn
 
 from dltips.core.checks import check_args
-from dltips.core.deadline import Deadline
+from dltips.core.deadline import Deadline, as_deadline
 from dltips.core.device import model_on_device, resolve_device
 from dltips.core.params import ParamError, number, one_of, optional_int
-from dltips.findings import Finding
-from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate, evenly_spaced, predict, standard_error
+from dltips.findings import Finding, skipped_for_time
+from dltips.predict import (
+    LM_BASELINE_FRACTION,
+    OutOfTime,
+    Predictions,
+    baseline_error,
+    error_rate,
+    estimate_needed,
+    evenly_spaced,
+    predict,
+    standard_error,
+)
 from dltips.task import KINDS, Task
 
 TIP = "error-gaps"
-MAX_TRAIN_ITEMS = 2000  # training items measured by `measure_error_gaps`
+MAX_TRAIN_ITEMS = 2000  # training items measured by `measure_error_gaps` (unless `max_items` says otherwise)
+MAX_EVAL_ITEMS = 4096  # validation and test items measured, each (evenly spaced when a split is larger)
 
 # (floor, fraction of S) for a large gap; a mild gap is at half of both.
 BIAS_LIMIT = (0.05, 0.20)
@@ -135,8 +154,11 @@ def check_error_gaps(
 ) -> list[Finding]:
     """The three error gaps of a trained `model` (default `task.model`) on the Task's splits; one Finding.
 
-    Measures the errors (`measure_error_gaps`) and reads the gaps (`judge_error_gaps`). The check
-    draws no random numbers; `seed` and `deadline` are accepted for the common check signature.
+    Measures the errors (`measure_error_gaps`) and reads the gaps (`judge_error_gaps`); the
+    evidence's "n_items" gives the items scored and the size of each split. When `deadline`
+    passes before every planned item is scored, the one Finding is a `skip` saying how much more
+    time the plan needs. The check draws no random numbers; `seed` is accepted for the common
+    check signature.
     The old form `check_error_gaps(train_error, valid_error, ...)` still works for one release
     (a DeprecationWarning): it is now `judge_error_gaps`.
     """
@@ -147,8 +169,14 @@ def check_error_gaps(
     if args or kwargs:
         raise TypeError(f"check_error_gaps(task, ...) takes keyword options model, device, seed, max_items and "
                         f"deadline only, got {len(args)} more positional and {sorted(kwargs)}")
-    check_args(seed, max_items, deadline)
-    gaps = measure_error_gaps(task, model=model, device=device, max_items=max_items)
+    _, max_items, deadline = check_args(seed, max_items, deadline)
+    try:
+        gaps = measure_error_gaps(task, model=model, device=device, max_items=max_items, deadline=deadline)
+    except OutOfTime as err:
+        planned = {name: len(positions) for name, (_, positions) in _plan(task, max_items).items()}
+        listed = ", ".join(f"{n} {_SPLIT_NAMES[name]}" for name, n in planned.items())
+        return [skipped_for_time(TIP, estimate_needed(err), done=f"scored {err.done} of the {err.total} planned "
+                                 f"items ({listed})", evidence={"n_items": planned})]
     findings = judge_error_gaps(gaps.train_error, gaps.valid_error, gaps.test_error, gaps.baseline_error,
                                 kind=task.kind, standard_errors=gaps.standard_errors)
     findings[0].evidence["n_items"] = dict(gaps.n_items)
@@ -238,13 +266,17 @@ def measure_error_gaps(
     model: nn.Module | None = None,
     device: torch.device | str | None = None,
     max_items: int | None = None,
+    deadline: Deadline | float | None = None,
     **kwargs: Any,
 ) -> ErrorGaps:
     """The errors of a trained `model` (default `task.model`) on the Task's splits.
 
     The training error is measured on at most `max_items` (default `MAX_TRAIN_ITEMS`) evenly
-    spaced training items; validation and test are read whole; the baseline is the trivial
-    predictor fitted on those training items' targets and scored on the validation set.
+    spaced training items, validation and test on at most `MAX_EVAL_ITEMS` evenly spaced items
+    each; the baseline is the trivial predictor fitted on those training items' targets and
+    scored on the validation items. When `deadline` (a Deadline or seconds) passes before all of
+    them are scored, `OutOfTime` is raised with the items scored and the seconds spent over the
+    whole plan.
     The old form `measure_error_gaps(model, task, device)` returned Findings; it still does for
     one release, with a DeprecationWarning (use `check_error_gaps(task, model=model)`).
     """
@@ -254,27 +286,55 @@ def measure_error_gaps(
                       DeprecationWarning, stacklevel=2)
         model, task = task, args[0]
         device = args[1] if len(args) > 1 else device
-        return check_error_gaps(task, model=model, device=device, max_items=kwargs.get("max_train_items", max_items))
+        return check_error_gaps(task, model=model, device=device, max_items=kwargs.get("max_train_items", max_items),
+                                deadline=deadline)
     if args or kwargs:
-        raise TypeError(f"measure_error_gaps(task, ...) takes keyword options model, device and max_items only, "
-                        f"got {len(args)} more positional and {sorted(kwargs)}")
-    max_items = optional_int("max_items", max_items) or MAX_TRAIN_ITEMS
+        raise TypeError(f"measure_error_gaps(task, ...) takes keyword options model, device, max_items and deadline "
+                        f"only, got {len(args)} more positional and {sorted(kwargs)}")
+    max_items = optional_int("max_items", max_items)
+    deadline = as_deadline(deadline)
     device = resolve_device(device, model if model is not None else task.model)
     model = model_on_device(model if model is not None else task.model, device)
-    n = len(task.train)
-    train = predict(model, task, task.train, indices=evenly_spaced(n, max_items), device=device)
-    valid = predict(model, task, task.valid, device=device)
-    test = predict(model, task, task.test, device=device) if task.test is not None else None
-    splits = {"train": train, "valid": valid, "test": test}
+    plan = _plan(task, max_items)
+    scored = _score(model, task, plan, device, deadline)
+    train, valid, test = scored["train"], scored["valid"], scored.get("test")
+    n_items = {"train": len(train), "train_total": len(task.train), "valid": len(valid),
+               "valid_total": len(task.valid), "test": len(test) if test is not None else 0,
+               "test_total": len(task.test) if task.test is not None else 0}
     return ErrorGaps(
         train_error=error_rate(task.kind, train.outputs, train.targets),
         valid_error=error_rate(task.kind, valid.outputs, valid.targets),
         test_error=error_rate(task.kind, test.outputs, test.targets) if test is not None else None,
         baseline_error=baseline_error(task.kind, train.targets, valid.targets),
-        standard_errors={name: standard_error(task.kind, p.outputs, p.targets) for name, p in splits.items()
-                         if p is not None},
-        n_items={"train": len(train), "train_total": n, "valid": len(valid), "test": len(test) if test is not None else 0},
+        standard_errors={name: standard_error(task.kind, p.outputs, p.targets) for name, p in scored.items()},
+        n_items=n_items,
     )
+
+
+_SPLIT_NAMES = {"train": "training", "valid": "validation", "test": "test"}
+
+
+def _plan(task: Task, max_items: int | None) -> dict[str, tuple[Any, list[int]]]:
+    """The items each split is scored on: fixed by the split sizes and `max_items`, never by the clock."""
+    plan = {"train": (task.train, evenly_spaced(len(task.train), max_items or MAX_TRAIN_ITEMS)),
+            "valid": (task.valid, evenly_spaced(len(task.valid), MAX_EVAL_ITEMS))}
+    if task.test is not None:
+        plan["test"] = (task.test, evenly_spaced(len(task.test), MAX_EVAL_ITEMS))
+    return plan
+
+
+def _score(model: nn.Module, task: Task, plan: dict[str, tuple[Any, list[int]]], device: torch.device,
+           deadline: Deadline | None) -> dict[str, Predictions]:
+    """Predictions on every split of `plan`; `OutOfTime` counts the items and seconds of the whole plan."""
+    total = sum(len(positions) for _, positions in plan.values())
+    started, done, scored = time.monotonic(), 0, {}
+    for name, (data, positions) in plan.items():
+        try:
+            scored[name] = predict(model, task, data, indices=positions, device=device, deadline=deadline)
+        except OutOfTime as err:
+            raise OutOfTime(done + err.done, total, time.monotonic() - started) from err
+        done += len(positions)
+    return scored
 
 
 def _check_error(name: str, value: object, rate: bool) -> None:

@@ -154,33 +154,57 @@ def activation_finding(watch: WatchedRun) -> Finding:
         return Finding("activation-gradient-stats", "pass", "No dead or saturated layer",
                        f"Over {len(samples)} sampled steps (every {watch.every}) no ReLU layer had {DEAD_WARN:.0%} "
                        f"of its units dead and no tanh/sigmoid layer had {SATURATED_WARN:.0%} of its outputs "
-                       "saturated, at initialization or later.",
+                       "saturated, at initialization or in the median sample of the run's second half.",
                        evidence=evidence, figures=figures)
     parts, fixes = [], []
     if dead:
-        at_init = all(v["at_init"] >= DEAD_WARN for v in dead.values())
         listed = "; ".join(f"{_label(watch, k)}: {v['at_init']:.0%} dead at init, {v['dead']:.0%} later"
                            for k, v in dead.items())
-        when = "starting at initialization" if at_init else "during training (not at initialization)"
+        when, init, later = _onset(watch, dead, DEAD_WARN)
+        recovered = _recovered(watch, dead, "dead", DEAD_WARN)
         parts.append(f"ReLU layers with units that output zero for every item of a batch ({when}): {listed}. "
-                     "A dead unit passes no gradient, so it never recovers.")
-        fixes.append("initialization: He (Kaiming) init and zero or small positive biases; normalise the inputs"
-                     if at_init else
-                     "learning rate: lower it (see update-ratio) or warm it up; LeakyReLU or GELU cannot die")
+                     "A dead unit passes no gradient, so it recovers only if the layers before it change its "
+                     f"inputs{'; ' + recovered + ' recovered later' if recovered else ''}.")
+        if init:
+            fixes.append("initialization: He (Kaiming) init and zero or small positive biases; normalise the inputs")
+        if later:
+            fixes.append("learning rate: lower it (see update-ratio) or warm it up; LeakyReLU or GELU cannot die")
     if saturated:
-        at_init = all(v["at_init"] >= SATURATED_WARN for v in saturated.values())
         listed = "; ".join(f"{_label(watch, k)}: {v['at_init']:.0%} saturated at init, {v['saturated']:.0%} later"
                            for k, v in saturated.items())
-        when = "starting at initialization" if at_init else "during training"
+        when, init, later = _onset(watch, saturated, SATURATED_WARN)
+        recovered = _recovered(watch, saturated, "saturated", SATURATED_WARN)
         parts.append(f"Bounded activations on their flat ends, slope below 5 % of its peak ({when}): {listed}; "
-                     "gradients through them nearly vanish.")
-        fixes.append("initialization: scale the weights down (Xavier/Glorot; gain 5/3 for tanh) or add a "
-                     "normalisation layer before the activation" if at_init else
-                     "learning rate or activation choice: lower the LR, add normalisation, or use ReLU/GELU")
+                     "gradients through them nearly vanish"
+                     f"{' (' + recovered + ' recovered later)' if recovered else ''}.")
+        if init:
+            fixes.append("initialization: scale the weights down (Xavier/Glorot; gain 5/3 for tanh) or add a "
+                         "normalisation layer before the activation")
+        if later:
+            fixes.append("learning rate or activation choice: lower the LR, add normalisation, or use ReLU/GELU")
     return Finding("activation-gradient-stats", "warn",
                    f"{len(dead) + len(saturated)} layer(s) dead or saturated",
-                   " ".join(parts), fix="Likely cause, " + "; ".join(fixes) + ".",
+                   " ".join(parts), fix=("Likely cause, " if len(fixes) == 1 else "Likely causes, ")
+                   + "; ".join(fixes) + ".",
                    evidence=evidence, figures=figures)
+
+
+def _onset(watch: WatchedRun, flagged: dict[str, dict], limit: float) -> tuple[str, bool, bool]:
+    """When the flagged layers went flat: (words, some already at init, some only later), true of every layer named."""
+    init = [k for k, v in flagged.items() if v["at_init"] >= limit]
+    later = [k for k in flagged if k not in init]
+    if not later:
+        return "starting at initialization", True, False
+    if not init:
+        return "during training (not at initialization)", False, True
+    return (f"{_names([_label(watch, k) for k in init])} from initialization, "
+            f"{_names([_label(watch, k) for k in later])} only during training"), True, True
+
+
+def _recovered(watch: WatchedRun, flagged: dict[str, dict], name: str, limit: float) -> str:
+    """The layers flagged at initialization whose later median is back under the limit ('' when none)."""
+    back = [_label(watch, k) for k, v in flagged.items() if v["at_init"] >= limit and not v[name] >= limit]
+    return _names(back) if back else ""
 
 
 def _gradient_summary(samples: list[Sample]) -> dict[str, dict[str, float]]:
@@ -255,22 +279,55 @@ def update_ratio_finding(watch: WatchedRun) -> Finding:
     figures = [update_figure(samples, list(ratios))]
     summary = (f"median over {len(samples)} sampled steps, from {min(ratios.values()):.1e} to "
                f"{max(ratios.values()):.1e}" if ratios else "no weight matrix was measured")
+    if not problems and not ratios:
+        return Finding("update-ratio", "info", "No weight matrix to measure",
+                       "Update ratios are read on weight matrices (parameters of two or more dimensions); the "
+                       f"optimizer's parameters had none over {len(samples)} sampled steps.",
+                       evidence=evidence, figures=figures)
     if not problems:
+        return _ratios_in_band(ratios, summary, evidence, figures)
+    title = {(True, True): "Layers learning too slowly or too fast", (True, False): "Layers learning too slowly",
+             (False, True): "Layers learning too fast"}.get((bool(too_low), bool(too_high)),
+                                                            "Parameters that are never updated")
+    return Finding("update-ratio", "warn", title, f"norm(update)/norm(weights), {summary}. Problems: "
+                   + " ".join(problems), fix=_update_fix(watch, too_low, too_high, centre),
+                   evidence=evidence, figures=figures)
+
+
+def _ratios_in_band(ratios: dict[str, float], summary: str, evidence: dict, figures: list) -> Finding:
+    """The pass: every median in the band, or below it only because the loss has converged (said so).
+
+    Medians below the band reach here only when the run converged (otherwise they are problems).
+    """
+    low, high = UPDATE_BAND
+    below = [p for p, r in ratios.items() if r < low]
+    peak = f"no step moved a matrix by {UPDATE_PEAK:.0%} (the seed's target is about {UPDATE_TARGET:.0e})"
+    if not below:
         return Finding("update-ratio", "pass", "Update-to-weight ratios in band",
                        f"norm(update)/norm(weights) per weight matrix, {summary}; inside the healthy band "
-                       f"[{low:.0e}, {high:.0e}] and no step moved a matrix by {UPDATE_PEAK:.0%} (the seed's target "
-                       f"is about {UPDATE_TARGET:.0e})."
-                       + (" The loss fell below 1/1000 of its start: smaller ratios are expected and not flagged."
-                          if converged and any(r < low for r in ratios.values()) else ""),
-                       evidence=evidence, figures=figures)
-    fix = ("Multiply the learning rate of the layers named by the factor given (the ratio scales with the LR; "
-           f"slow layers are moved to the band's centre, {centre:.0e}, fast ones under its top), or give them "
-           "their own parameter group.")
+                       f"[{low:.0e}, {high:.0e}] and {peak}.", evidence=evidence, figures=figures)
+    return Finding("update-ratio", "pass", "Update-to-weight ratios in band, or small after convergence",
+                   f"norm(update)/norm(weights) per weight matrix, {summary}; {len(below)} of {len(ratios)} "
+                   f"below the healthy band [{low:.0e}, {high:.0e}] ({_names(below)}), which is expected since the "
+                   f"loss fell below 1/1000 of its start, the others inside it; {peak}.",
+                   evidence=evidence, figures=figures)
+
+
+def _update_fix(watch: WatchedRun, too_low: dict[str, float], too_high: dict[str, float], centre: float) -> str:
+    """What to do about the problems found, and only those."""
+    fixes = []
     if watch.not_in_optimizer:
-        fix = "Build the optimizer after the model is complete, from model.parameters(). " + fix
-    return Finding("update-ratio", "warn", "Layers learning too slowly or too fast",
-                   f"norm(update)/norm(weights), {summary}. Out of band: " + " ".join(problems),
-                   fix=fix, evidence=evidence, figures=figures)
+        fixes.append("Build the optimizer after the model is complete, from model.parameters().")
+    if watch.no_gradient:
+        fixes.append("Connect the parameters that got no gradient to the loss, or set requires_grad=False on them.")
+    if any(r == 0 for r in too_low.values()):
+        fixes.append("For the weights that did not change, check that they get a gradient (no detach, no frozen "
+                     "branch, no dead units before them) and a learning rate above 0.")
+    if too_high or any(r > 0 for r in too_low.values()):
+        fixes.append("Multiply the learning rate of the layers named by the factor given (the ratio scales with "
+                     f"the LR; slow layers are moved to the band's centre, {centre:.0e}, fast ones under its top), "
+                     "or give them their own parameter group.")
+    return " ".join(fixes)
 
 
 def _converged(watch: WatchedRun) -> bool:

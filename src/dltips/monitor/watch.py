@@ -108,6 +108,9 @@ class Watch(Callback):
         self._armed = False
         self._pending: list[_Pending] = []
         self._acts: dict[str, torch.Tensor] = {}
+        self._act_storage: dict[str, int] = {}  # storage address of each activation layer's output this step
+        # activations whose output is the model's output (a final sigmoid before BCELoss): saturating is their job
+        self.output_layers: set[str] = set()
         self._grads: dict[str, torch.Tensor] = {}
         self._before: list[torch.Tensor] | None = None
         self._logged: dict[str, list[Any]] = {}  # values of `log` since the last sample, tensors or floats
@@ -162,6 +165,7 @@ class Watch(Callback):
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
             self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
         self._handles.append(module.register_forward_pre_hook(self._on_model_forward))
+        self._handles.append(module.register_forward_hook(self._on_model_output))
         layers = self._watched_layers(module)
         self.layer_types = {name: type(layer).__name__ for name, layer in layers}
         for name, layer in layers:
@@ -205,9 +209,26 @@ class Watch(Callback):
         self._forward_step = self.step
         self._units_last = False
 
+    def _on_model_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Drop the statistics of activations that produced the model's output: an output sigmoid or tanh
+        that saturates is a confident prediction, not a layer whose gradient vanishes."""
+        if not self._act_storage:
+            return
+        outputs = output if isinstance(output, (tuple, list)) else [output]
+        final = {o.untyped_storage().data_ptr() for o in outputs if isinstance(o, torch.Tensor) and o.numel()}
+        for name, address in self._act_storage.items():
+            if address in final:
+                self.output_layers.add(name)
+                self._acts.pop(name, None)
+        self._act_storage = {}
+
     def _on_layer_forward(self, name: str, layer: nn.Module, args: Any, output: Any) -> None:
         if not (self._armed and layer.training and torch.is_grad_enabled()):
             return
+        if name in self.output_layers:
+            return
+        if isinstance(layer, stats.BOUNDED_FAMILY) and isinstance(output, torch.Tensor) and output.numel():
+            self._act_storage[name] = output.untyped_storage().data_ptr()
         if name not in self._acts:
             if isinstance(output, (tuple, list)):
                 output = next((o for o in output if isinstance(o, torch.Tensor)), None)

@@ -12,7 +12,6 @@ docs/calibration.md ("overfit-tiny and overfit-then-regularize").
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Iterator
@@ -26,10 +25,10 @@ from dltips.core.checks import check_args, renamed_kwargs
 from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, to_device
 from dltips.core.params import number, positive_int
-from dltips.core.state import eval_mode, grads_kept, rng_kept
-from dltips.findings import Finding
+from dltips.core.state import eval_mode, grads_kept, rng_kept, training_copy
+from dltips.findings import Finding, skipped_for_time
 from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate
-from dltips.task import Task
+from dltips.task import Task, as_logits
 from dltips.training.lr import make_optimizer
 from dltips.training.overfit import switch_off_regularisation
 
@@ -43,6 +42,9 @@ CAPACITY_FRACTION = 0.10  # regression: MSE as a fraction of the baseline (the t
 CAPACITY_EVAL_EVERY = 25  # steps between measurements of the training error (at least one epoch)
 IMPROVING = 0.2  # relative fall of the error over the second half of training that counts as "still improving"
 MIN_MEASUREMENTS = 4  # fewer measurements of the training error cannot tell flat from falling
+# A flat training error at this fraction of the constant predictor's or above is a fail: nothing is learned
+# (the calibration's AdamW at LR 1: 89.9% error against a 90% baseline; blind-lm: 1.02 x its baseline).
+AT_BASELINE = 0.9
 GAP_ERROR = 0.02  # validation error this much above training error (and twice it) is "much larger"
 GAP_FRACTION = 0.05  # regression: the same, as a fraction of the baseline
 
@@ -88,15 +90,14 @@ def _fit_subset(task: Task, original: nn.Module, max_items: int, max_steps: int,
     start = time.perf_counter()
     n = min(max_items, len(task.train))
     indices = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    model = copy.deepcopy(original)
-    device = resolve_device(device, model)
-    model.to(device)
-    targets = _targets(task.train, indices)
-    baseline = baseline_error(task.kind, targets, targets)
-    threshold = CAPACITY_FRACTION * baseline if task.kind == "regression" else CAPACITY_ERROR
-    history: list[tuple[int, float]] = []
-    steps, stopped = 0, "max_steps"
-    with grads_kept(original):
+    with training_copy(original) as model, grads_kept(original):
+        device = resolve_device(device, model)
+        model.to(device)
+        targets = _targets(task.train, indices)
+        baseline = baseline_error(task.kind, targets, targets)
+        threshold = CAPACITY_FRACTION * baseline if task.kind == "regression" else CAPACITY_ERROR
+        history: list[tuple[int, float]] = []
+        steps, stopped = 0, "max_steps"
         optimizer = make_optimizer(task, model)
         lr = float(optimizer.param_groups[0]["lr"]) if optimizer.param_groups else None
         regularisation_off = switch_off_regularisation(model, optimizer)
@@ -124,7 +125,8 @@ def _fit_subset(task: Task, original: nn.Module, max_items: int, max_steps: int,
                 break
     train_error = history[-1][1]
     evidence = {"train_error": train_error, "baseline_error": baseline, "threshold": threshold, "steps": steps,
-                "n_items": n, "batch_size": batch_size, "lr": lr, "stopped_by": stopped, "augmentation": "off",
+                "n_items": n, "batch_size": batch_size, "lr": lr, "stopped_by": stopped, "max_steps": max_steps,
+                "augmentation": "off",
                 "regularisation_switched_off": regularisation_off,
                 "valid_error": valid_error, "seconds": round(time.perf_counter() - start, 3),
                 "error_curve": {"steps": [s for s, _ in history], "errors": [e for _, e in history]}}
@@ -148,16 +150,26 @@ def _capacity_finding(task: Task, ev: dict, history: list[tuple[int, float]], fi
                        "so the model's capacity could not be measured.",
                        "Lower the learning rate (see `dltips tips default-lr`) and check the inputs and the loss "
                        "for NaN.", ev, figures)
+    if ev["stopped_by"] == "budget":
+        needed = ev["seconds"] * (ev["max_steps"] - steps) / max(steps, 1)
+        return skipped_for_time(TIP, needed, f"{steps} of its {ev['max_steps']} planned steps ran", ev)
     if err > ev["threshold"]:
         ev["trend"] = _trend(history)
         if ev["trend"] != "flat":
-            limit = "time budget" if ev["stopped_by"] == "budget" else f"step budget ({steps} steps)"
             why = ("the error was still falling" if ev["trend"] == "falling"
                    else f"{len(history)} measurements are too few to tell whether the error still falls")
-            return Finding(TIP, "info", "Capacity not settled within the budget",
-                           f"The model reached a {numbers}; {why} when the {limit} ran out, so this run cannot "
-                           "tell whether it gets near zero.",
-                           "Give the check more steps (max_steps, deadline) to settle it.", ev, figures)
+            return Finding(TIP, "info", "Capacity not settled within the plan",
+                           f"The model reached a {numbers}; {why} when its plan of {steps} steps ended, so this run "
+                           "cannot tell whether it gets near zero.",
+                           "Give the check more steps (`max_steps`) to settle it.", ev, figures)
+        if err >= AT_BASELINE * base:
+            return Finding(TIP, "fail", "The model does not learn its training data",
+                           f"The model reached a {numbers}: no better than a constant prediction, and the error "
+                           "had stopped falling, under the Task's own optimizer and learning rate. Nothing is being "
+                           "learned, so no later verdict on generalisation means anything yet.",
+                           "Look at the learning rate first (`dltips tips default-lr`; far too high or too low both "
+                           "end here), then at whether the loss reaches the parameters (`dltips tips overfit-tiny`) "
+                           "and at the inputs' scale.", ev, figures)
         if task.kind == "language-model" and err <= LM_BASELINE_FRACTION * base:
             return Finding(TIP, "info", "Training error levelled off above zero, as text allows",
                            f"The model reached a {numbers}; the error had levelled off. Part of a language "
@@ -220,7 +232,7 @@ def _train_error(model: nn.Module, task: Task, indices: list[int], device: torch
     outputs, targets = [], []
     with eval_mode(model):
         for x, y in DataLoader(Subset(task.train, indices), batch_size=max(task.batch_size, 256)):
-            outputs.append(model(to_device(x, device)).float().cpu())
+            outputs.append(as_logits(task, model(to_device(x, device)).float()).cpu())
             targets.append(y)
     return error_rate(task.kind, torch.cat(outputs), torch.cat(targets))
 

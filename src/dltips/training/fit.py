@@ -37,7 +37,7 @@ from dltips.monitor.scores import (
     reduce_sums,
     zero_sums,
 )
-from dltips.task import Task, count_items
+from dltips.task import Task, as_logits, count_items
 from dltips.training.accumulate import GradientAccumulator
 from dltips.training.callbacks import ProgressBar
 from dltips.training.lr import make_optimizer
@@ -390,7 +390,8 @@ def evaluate(
             with precision.autocast() if precision is not None else contextlib.nullcontext():
                 output = model(x)
                 loss = task.loss_fn(output, y)
-            add_sums(totals, metric_sums(task.kind, output.float(), y, loss.float(), task.n_classes))
+            decisions = as_logits(task, output.float())
+            add_sums(totals, metric_sums(task.kind, decisions, y, loss.float(), task.n_classes))
     return metrics_from_sums(task.kind, reduce_sums(totals), prefix="valid_")
 
 

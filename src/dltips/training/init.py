@@ -89,6 +89,7 @@ LOW_RATIO = 0.7
 _LABEL_SCAN = 4096  # training items read for the label prior when labels are not one tensor
 _LM_VALUES = 2**24  # most logits kept for a language model (items are reduced to fit)
 _NORM_TOL = 1e-3  # |sum - 1| accepted as "normalised"
+FLOAT_SLACK = 1e-6  # relative rounding of a float32 mean loss: a mean this close to the range is inside it
 
 
 @dataclass
@@ -296,16 +297,47 @@ def _entropy_verdict(kind: str, numbers: str, ev: dict) -> _Verdict:
         return _Verdict(
             "fail" if excess > FAIL_EXCESS or spread > FAIL_SPREAD else "warn",
             f"Over-confident outputs at initialisation (loss {measured:.3g}, {top} = {high:.3g})",
-            message=(f"The untrained model's {numbers}, {measured / high:.2f} times the top of the expected range "
-                     f"{span}{custom}; the predictions already differ from item to item by "
+            message=(f"The untrained model's {numbers}, {_position(measured, lo_ci, hi_ci, low, high, span)}"
+                     f"{custom}; the predictions already differ from item to item by "
                      f"{ev['prediction_spread']:.3g} nats ({spread:.0%} of {top}). A well-initialised model "
                      "predicts nearly the same for every input; confident random guesses are often wrong, and the "
                      "first steps are spent undoing them."),
             fix=("Scale down the last layer's initial weights (e.g. by 0.1, or initialise them to zero) and set "
                  "its bias to the log of the class frequencies; check the input scale and any temperature."),
             problem="too-high")
-    return _Verdict("pass", f"The loss at initialisation ({measured:.3g}) is what the task implies",
-                    f"The untrained model's {numbers}, within the expected range {span}{custom}.")
+    title = (f"The loss at initialisation ({measured:.3g}) is what the task implies" if _inside(measured, low, high) else
+             f"The loss at initialisation ({measured:.3g}) is within tolerance of what the task implies")
+    return _Verdict("pass", title, f"The untrained model's {numbers}, "
+                                   f"{_position(measured, lo_ci, hi_ci, low, high, span)}{custom}.")
+
+
+def _inside(measured: float, low: float, high: float) -> bool:
+    """Whether the mean loss is in [low, high] up to float32 rounding (losses are computed in float32)."""
+    return low - FLOAT_SLACK * abs(low) <= measured <= high + FLOAT_SLACK * abs(high)
+
+
+def _position(measured: float, lo_ci: float, hi_ci: float, low: float, high: float, span: str) -> str:
+    """Where the mean loss lies against the expected range, in words that hold for its numbers.
+
+    "Within the expected range" is said only for a mean inside [low, high]. A mean outside it is said
+    to be above or below it, by how much, and whether its 95% interval is within the tolerance the
+    verdict applies (WARN_EXCESS of the top above it, LOW_FRACTION of the top below it).
+    """
+    if _inside(measured, low, high):
+        return f"within the expected range {span}"
+    if measured > high:
+        excess = (lo_ci - high) / high
+        side = "within" if excess <= WARN_EXCESS else "beyond"
+        where = (f"the lower end of its 95% interval is {excess:.1%} above the top" if excess > 0 else
+                 "its 95% interval reaches into the range")
+        return (f"{(measured - high) / high:.1%} above the top of the expected range {span}, {side} the "
+                f"{WARN_EXCESS:.0%} tolerance ({where})")
+    short = (low - hi_ci) / high
+    side = "within" if short <= LOW_FRACTION else "beyond"
+    where = (f"the upper end of its 95% interval is {low - hi_ci:.3g} below the bottom" if short > 0 else
+             "its 95% interval reaches into the range")
+    return (f"{low - measured:.3g} below the bottom of the expected range {span}, {side} the tolerance of "
+            f"{LOW_FRACTION:.0%} of the top ({where})")
 
 
 def _regression_verdict(numbers: str, ev: dict) -> _Verdict:
@@ -327,25 +359,48 @@ def _regression_verdict(numbers: str, ev: dict) -> _Verdict:
                      "targets do not leak into the inputs."),
             problem="below")
     if low_ratio <= WARN_RATIO and spread <= WARN_OUTPUT_VARIANCE:
-        return _Verdict("pass", f"The loss at initialisation ({measured:.3g}) matches the target variance",
-                        f"The untrained model's {numbers}; the target variance is {variance:.4g} "
-                        f"(ratio {ratio:.2f}).")
+        inside = LOW_RATIO <= ratio <= WARN_RATIO
+        title = (f"The loss at initialisation ({measured:.3g}) matches the target variance" if inside else
+                 f"The loss at initialisation ({measured:.3g}) is within tolerance of the target variance")
+        return _Verdict("pass", title, f"The untrained model's {numbers}; the target variance is {variance:.4g} "
+                                       f"({_ratio_position(ratio, low_ratio, hi_ci / variance)}).")
     status = "fail" if low_ratio > FAIL_RATIO or spread > FAIL_OUTPUT_VARIANCE else "warn"
+    output_mean = ev["output_mean"]
     if low_ratio > WARN_RATIO and mean_sq > 0.5 * (measured - variance):
         cause = (f"Most of the excess comes from the targets' mean ({mean:.4g}) being far from the model's "
                  "initial outputs, which are near 0.")
         fix = (f"Set the final layer's bias to the target mean ({mean:.4g}), or standardise the targets "
                "(subtract the mean, divide by the standard deviation) and undo it at prediction time.")
         problem = "target-offset"
-    else:
+    elif spread > WARN_OUTPUT_VARIANCE:
         cause = (f"The variance of the initial outputs is {spread:.2g} times the targets': the random weights "
                  "already make large, input-dependent guesses.")
         fix = ("Scale down the last layer's initial weights (e.g. by 0.1, or initialise them to zero) and check "
                "the scale of the inputs.")
         problem = "too-high"
+    else:
+        cause = (f"The initial outputs vary little ({spread:.2g} times the targets' variance) but average "
+                 f"{output_mean:.4g}, far from the targets' mean ({mean:.4g}).")
+        fix = (f"Set the final layer's bias to the target mean ({mean:.4g}) and check what shifts the initial "
+               "outputs (a bias initialised far from 0, an offset added in the forward pass).")
+        problem = "output-offset"
     return _Verdict(status, f"The loss at initialisation is {ratio:.3g} times the target variance",
                     f"The untrained model's {numbers}; a model that predicts the target mean gets the variance, "
-                    f"{variance:.4g}. {cause}", fix, problem)
+                    f"{variance:.4g} ({_ratio_position(ratio, low_ratio, hi_ci / variance)}). {cause}", fix, problem)
+
+
+def _ratio_position(ratio: float, low_ratio: float, high_ratio: float) -> str:
+    """The loss over the target variance, said "within" the accepted ratios only when it is inside them."""
+    band = f"{LOW_RATIO:g} to {WARN_RATIO:g}"
+    if LOW_RATIO <= ratio <= WARN_RATIO:
+        return f"ratio {ratio:.2f}, within the accepted ratios {band}"
+    side = "within" if low_ratio <= WARN_RATIO else "beyond"
+    if ratio > WARN_RATIO:
+        return (f"ratio {ratio:.2f}, above the accepted ratios {band}; the lower end of its 95% interval gives "
+                f"{low_ratio:.2f}, {side} the tolerance of {WARN_RATIO:g}")
+    side = "within" if high_ratio >= LOW_RATIO else "beyond"
+    return (f"ratio {ratio:.2f}, below the accepted ratios {band}; the upper end of its 95% interval gives "
+            f"{high_ratio:.2f}, {side} the tolerance of {LOW_RATIO:g}")
 
 
 def _normalisation(kind: str, outputs: torch.Tensor, batch_size: int) -> dict:

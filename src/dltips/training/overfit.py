@@ -28,7 +28,6 @@ The measurements behind the thresholds are in docs/calibration.md ("overfit-tiny
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
@@ -45,10 +43,11 @@ from dltips.core.checks import check_args, renamed_kwargs
 from dltips.core.deadline import Deadline
 from dltips.core.device import model_device, resolve_device, to_device
 from dltips.core.params import ints, positive_int
-from dltips.core.state import eval_mode, grads_kept, modes_kept, rng_kept
-from dltips.findings import Finding
+from dltips.core.state import eval_mode, grads_kept, modes_kept, rng_kept, training_copy
+from dltips.findings import Finding, skipped_for_time
 from dltips.predict import error_rate
-from dltips.task import IGNORE_INDEX, Task
+from dltips.task import IGNORE_INDEX, Task, as_logits
+from dltips.training.floor import LossFloor, describe, loss_floor
 from dltips.training.lr import make_optimizer
 
 __all__ = ["OverfitResult", "Rung", "check_overfit_tiny", "overfit_ladder"]
@@ -63,6 +62,11 @@ LOSS_FRACTION = 0.05
 # target, when smaller), measured from the loss of a perfect prediction.
 REGRESSION_FRACTION = 0.01
 CHECK_EVERY = 10  # steps between checks of the criterion
+# A rung whose loss (its distance to the floor) still shrank by FALLING over the last third of its steps is not
+# failed: it is extended, up to EXTEND times max_steps in all, when its rate projects the target within reach,
+# and called undecided (a skip that names the steps needed) when it is still falling at the end.
+FALLING = 0.2
+EXTEND = 3
 MONITOR_SAMPLES = 10  # sampled steps of dltips.watch per rung, to explain a failure layer by layer
 # A training loss that jumps this many times above its start in the first 20 steps points at a far too high LR
 # (AdamW at lr 3: 1e4-1e5 times); targets shuffled within the batch make it jump about 2 times.
@@ -74,7 +78,7 @@ class Rung:
     """One rung of the ladder: training on the first `size` items of a seeded permutation."""
 
     size: int
-    status: str  # "passed" | "failed" | "stopped" (time budget) | "not run" | "skipped"
+    status: str  # "passed" | "failed" | "undecided" (still falling) | "stopped" (time budget) | "not run" | "skipped"
     reason: str = ""
     steps: int = 0
     initial_loss: float | None = None
@@ -85,6 +89,7 @@ class Rung:
     curve: list[float] = field(default_factory=list)  # training loss (train mode) after each step
     diagnosis: dict = field(default_factory=dict)
     monitors: list = field(default_factory=list)  # the watch's warn/fail findings on this rung (dltips.watch)
+    needed_steps: int | None = None  # an undecided rung: steps still needed at its last rate
 
     @property
     def passed(self) -> bool | None:
@@ -95,6 +100,7 @@ class Rung:
         return {"size": self.size, "status": self.status, "passed": self.passed, "reason": self.reason,
                 "steps": self.steps, "initial_loss": self.initial_loss, "final_loss": self.final_loss,
                 "target_loss": self.target_loss, "accuracy": self.accuracy, "seconds": round(self.seconds, 3),
+                "needed_steps": self.needed_steps,
                 **self.diagnosis}
 
 
@@ -175,20 +181,21 @@ def _climb(task: Task, original: nn.Module, sizes: list[int], max_steps: int, se
     if batchnorm and sizes[0] == 1 and 2 not in sizes and n >= 2:
         sizes = sorted({2, *sizes})
     rungs: list[Rung] = []
-    failed = False
+    ended: str | None = None  # why the ladder stopped climbing: a rung failed, was undecided or ran out of time
     for k in sizes:
         if k > n:
             rungs.append(Rung(k, "not run", f"the training set has only {n} items"))
         elif k == 1 and batchnorm:
             rungs.append(Rung(1, "skipped", "the model has BatchNorm, which cannot train on a batch of one "
                                             "item in train mode; the ladder starts at 2"))
-        elif failed:
-            rungs.append(Rung(k, "not run", "an earlier rung failed"))
+        elif ended is not None:
+            rungs.append(Rung(k, "not run", ended))
         elif deadline is not None and deadline.expired():
             rungs.append(Rung(k, "not run", "the time budget was spent"))
         else:
             rungs.append(_run_rung(task, original, order[:k], max_steps, deadline, device))
-            failed = rungs[-1].status == "failed"
+            ended = {"failed": "an earlier rung failed", "undecided": "an earlier rung was undecided",
+                     "stopped": "the time budget was spent"}.get(rungs[-1].status)
     return OverfitResult(rungs, [_ladder_finding(rungs, max_steps, time.perf_counter() - start)])
 
 
@@ -200,23 +207,23 @@ def _run_rung(task: Task, original: nn.Module, indices: list[int], max_steps: in
               device: torch.device | str | None) -> Rung:
     """Train a fresh copy on the items at `indices` as one batch; an error in the user's code fails the rung."""
     start = time.perf_counter()
-    model = copy.deepcopy(original)
-    model.to(resolve_device(device, model))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    total = sum(p.numel() for p in model.parameters())
-    rung = Rung(len(indices), "failed", diagnosis={
-        "trainable_fraction": sum(p.numel() for p in trainable) / total if total else 0.0,
-        "augmentation": "off",
-    })
-    if not trainable:
-        rung.reason = "no parameter requires a gradient: the whole model is frozen"
-    else:
-        with grads_kept(original):
-            try:
-                _train_rung(rung, task, model, trainable, indices, max_steps, deadline)
-            except Exception as e:  # noqa: BLE001 -- the model, loss or optimizer raised: report it as the verdict
-                rung.status, rung.reason = "failed", f"training raised {type(e).__name__}: {e}"
-                rung.diagnosis["cause"] = "code"
+    with training_copy(original) as model:
+        model.to(resolve_device(device, model))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        total = sum(p.numel() for p in model.parameters())
+        rung = Rung(len(indices), "failed", diagnosis={
+            "trainable_fraction": sum(p.numel() for p in trainable) / total if total else 0.0,
+            "augmentation": "off", "trained_in_place": model is original,
+        })
+        if not trainable:
+            rung.reason = "no parameter requires a gradient: the whole model is frozen"
+        else:
+            with grads_kept(original):
+                try:
+                    _train_rung(rung, task, model, trainable, indices, max_steps, deadline)
+                except Exception as e:  # noqa: BLE001 -- the model, loss or optimizer raised: the verdict
+                    rung.status, rung.reason = "failed", f"training raised {type(e).__name__}: {e}"
+                    rung.diagnosis["cause"] = "code"
     if rung.status == "failed" and not rung.reason:
         rung.reason, rung.diagnosis["cause"] = _why_failed(rung)
     rung.seconds = time.perf_counter() - start
@@ -238,15 +245,26 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
     if ceiling < 1.0:
         diagnosis["best_possible_accuracy"] = ceiling
     rung.initial_loss, rung.accuracy, _ = _evaluate(model, task, loss_fn, x, y, ceiling)
-    rung.target_loss = target = _target_loss(task, loss_fn, x, y, rung.initial_loss, model, entropy)
+    floor = _loss_floor(task, loss_fn, model, x, y)
+    diagnosis.update(describe(floor))
+    if not floor.bounded:
+        rung.reason = (f"the loss has no lower bound on the model's outputs ({floor.form}): it keeps falling as they "
+                       f"grow (below {floor.value:.4g}), so no value of it means fitted. nll_loss expects "
+                       "log-probabilities (end the model with log_softmax); BCELoss expects probabilities (sigmoid)")
+        diagnosis["cause"] = "code"
+        return
+    rung.target_loss = target = _target_loss(task, loss_fn, model, x, y, rung.initial_loss, floor.value + entropy)
     before = [p.detach().clone() for p in trainable]
     losses: list[torch.Tensor] = []
     model.train()
     from dltips.monitor.watch import Watch
 
     monitor = Watch(model, optimizer, every=max(1, max_steps // MONITOR_SAMPLES)).attach()
+    evaluations: list[tuple[int, float]] = []
+    limit, step = max_steps, 0
     try:
-        for step in range(1, max_steps + 1):
+        while step < limit:
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
@@ -257,20 +275,27 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
             monitor.log(loss=loss)
             losses.append(loss.detach().float())
             rung.steps = step
-            if step % CHECK_EVERY == 0 or step == max_steps:
+            if step % CHECK_EVERY == 0 or step == limit:
                 if not math.isfinite(float(losses[-1])):
                     rung.reason = (f"the training loss became NaN or infinite by step {step}: the learning "
                                    "rate is far too high, or the loss or the inputs produce NaN")
                     diagnosis["cause"] = "lr"
                     break
                 rung.final_loss, rung.accuracy, correct = _evaluate(model, task, loss_fn, x, y, ceiling)
+                evaluations.append((step, rung.final_loss))
                 if correct and rung.final_loss <= target:
                     rung.status = "passed"
                     break
-            if deadline is not None and deadline.expired():
+                if step == limit:
+                    limit = _extended_limit(evaluations, floor.value, target, limit, max_steps)
+            if deadline is not None and deadline.expired() and step < limit:
                 rung.status, rung.reason = "stopped", f"the time budget ran out after {step} steps"
                 rung.final_loss, rung.accuracy, _ = _evaluate(model, task, loss_fn, x, y, ceiling)
                 break
+        if rung.status == "failed" and not rung.reason and _still_falling(evaluations, floor.value):
+            rung.status, rung.needed_steps = "undecided", _steps_needed(evaluations, floor.value, target)
+            rung.reason = (f"the loss was still falling after {step} steps ({rung.initial_loss:.4g} to "
+                           f"{rung.final_loss:.4g}; the target is {target:.4g})")
     finally:
         monitor.detach()
         if rung.status != "passed":
@@ -304,7 +329,7 @@ def _evaluate(model: nn.Module, task: Task, loss_fn: Callable, x: Any, y: torch.
                 getattr(m, name).copy_(value)
     if task.kind == "regression":
         return loss, None, True
-    accuracy = 1.0 - error_rate(task.kind, output.float(), y)
+    accuracy = 1.0 - error_rate(task.kind, as_logits(task, output.float()), y)
     return loss, accuracy, accuracy >= ceiling - 1e-6  # error_rate may be a float32 ratio
 
 
@@ -336,35 +361,69 @@ def _best_possible(task: Task, x: Any, y: torch.Tensor) -> tuple[float, float]:
     return best, entropy
 
 
-def _target_loss(task: Task, loss_fn: Callable, x: Any, y: torch.Tensor, initial: float,
-                 model: nn.Module, entropy: float = 0.0) -> float:
-    """The loss a rung must reach: LOSS_FRACTION (or REGRESSION_FRACTION) of the way from start to perfect."""
-    with torch.no_grad():
-        with eval_mode(model):
-            output = model(x)
-        floor = _perfect_loss(task, loss_fn, output, y) + entropy
-        if task.kind != "regression":
-            return floor + LOSS_FRACTION * max(initial - floor, 0.0)
-        reference = initial
-        if len(y) > 1:  # predicting the mean of the rung's targets must not count as fitting them
-            mean = y.float().mean(0, keepdim=True).expand_as(y).reshape(output.shape)
+def _loss_floor(task: Task, loss_fn: Callable, model: nn.Module, x: Any, y: torch.Tensor) -> LossFloor:
+    """The floor of the Task's loss on this batch, for outputs of the form the model gives (see training.floor)."""
+    with torch.no_grad(), eval_mode(model):
+        output = model(x)
+    return loss_floor(task.kind, loss_fn, output, y, task.output_form)
+
+
+def _target_loss(task: Task, loss_fn: Callable, model: nn.Module, x: Any, y: torch.Tensor, initial: float,
+                 floor: float) -> float:
+    """The loss a rung must reach: LOSS_FRACTION (or REGRESSION_FRACTION) of the way from start to the floor."""
+    if task.kind != "regression":
+        return floor + LOSS_FRACTION * max(initial - floor, 0.0)
+    reference = initial
+    if len(y) > 1:  # predicting the mean of the rung's targets must not count as fitting them
+        with torch.no_grad(), eval_mode(model):
+            shape = model(x).shape
+        mean = y.float().mean(0, keepdim=True).expand_as(y).reshape(shape)
+        with torch.no_grad():
             reference = min(initial, float(loss_fn(mean, y)))
-        return floor + REGRESSION_FRACTION * max(reference - floor, 0.0)
+    return floor + REGRESSION_FRACTION * max(reference - floor, 0.0)
 
 
-def _perfect_loss(task: Task, loss_fn: Callable, output: torch.Tensor, y: torch.Tensor) -> float:
-    """The lowest loss of confident, correct predictions (not 0 with label smoothing); 0 if it cannot be made."""
-    try:
-        if task.kind == "regression":
-            return float(loss_fn(y.float().reshape(output.shape), y))
-        if task.kind in ("binary", "multilabel"):
-            sign = (2.0 * y.float() - 1.0).reshape(output.shape)
-            return min(float(loss_fn(scale * sign, y)) for scale in (2.0, 4.0, 8.0, 16.0))
-        dim = 1 if task.kind == "classification" else output.dim() - 1
-        onehot = F.one_hot(y.clamp_min(0), output.shape[dim]).movedim(-1, dim).to(output.dtype)
-        return min(float(loss_fn(scale * onehot, y)) for scale in (2.0, 4.0, 8.0, 16.0))
-    except (RuntimeError, ValueError, TypeError, IndexError):  # a loss that wants other outputs
-        return 0.0
+def _gaps(evaluations: list[tuple[int, float]], floor: float) -> list[tuple[int, float]]:
+    return [(s, max(v - floor, 1e-12)) for s, v in evaluations]
+
+
+def _still_falling(evaluations: list[tuple[int, float]], floor: float) -> bool:
+    """Whether the loss's distance to its floor shrank by FALLING over the last third of the run."""
+    gaps = _gaps(evaluations, floor)
+    if len(gaps) < 3:
+        return False
+    last_step, last = gaps[-1]
+    earlier = [g for s, g in gaps if s <= last_step * 2 / 3] or [gaps[0][1]]
+    return last < (1.0 - FALLING) * earlier[-1]
+
+
+def _steps_needed(evaluations: list[tuple[int, float]], floor: float, target: float) -> int | None:
+    """Steps still needed to reach `target` at the rate the gap to the floor shrank over the last third."""
+    gaps = _gaps(evaluations, floor)
+    if len(gaps) < 3 or target <= floor:
+        return None
+    s2, g2 = gaps[-1]
+    s1, g1 = next((s, g) for s, g in gaps if s >= s2 * 2 / 3)
+    needed_gap = target - floor
+    if g2 <= needed_gap:
+        return 0
+    if s2 <= s1 or g2 >= g1:
+        return None
+    rate = math.log(g1 / g2) / (s2 - s1)  # per step, on the log of the gap
+    return math.ceil(math.log(g2 / needed_gap) / rate)
+
+
+def _extended_limit(evaluations: list[tuple[int, float]], floor: float, target: float, limit: int,
+                    max_steps: int) -> int:
+    """A longer step limit for a rung still falling fast enough to reach its target, else `limit`.
+
+    Set by the loss curve, never by the clock, and at most EXTEND times `max_steps` in all.
+    """
+    cap = EXTEND * max_steps
+    needed = _steps_needed(evaluations, floor, target)
+    if limit >= cap or needed is None or not _still_falling(evaluations, floor):
+        return limit
+    return min(cap, limit + max(CHECK_EVERY, math.ceil(1.5 * needed / CHECK_EVERY) * CHECK_EVERY))
 
 
 def _why_failed(rung: Rung) -> tuple[str, str]:
@@ -432,18 +491,46 @@ def _ladder_finding(rungs: list[Rung], max_steps: int, seconds: float) -> Findin
         return Finding(TIP_TINY, "fail", f"Cannot overfit {failed.size} training item{'s' if failed.size > 1 else ''}",
                        f"{summary}. Rung {failed.size} failed: {failed.reason}. {points}{frozen}", fix,
                        evidence, figures)
+    undecided = next((r for r in rungs if r.status == "undecided"), None)
+    if undecided is not None:
+        more = (f"about {undecided.needed_steps} more steps at its last rate"
+                if undecided.needed_steps is not None else "more steps than the rate can project")
+        evidence["skip_reason"] = "undecided"
+        return Finding(TIP_TINY, "skip", f"Undecided: still converging on {undecided.size} item"
+                                         f"{'s' if undecided.size > 1 else ''} after {undecided.steps} steps",
+                       f"{summary}. Rung {undecided.size}: {undecided.reason}. It needs {more}: a run still "
+                       "falling is not a failure to fit, and not yet a success.",
+                       f"Rerun the ladder with more steps: `dltips.check_overfit_tiny(task, max_steps="
+                       f"{_rounded_up(undecided.steps + (undecided.needed_steps or undecided.steps))})`.",
+                       evidence, figures)
+    cut = [r for r in rungs if r.status == "stopped" or (r.status == "not run" and "time" in r.reason)]
+    if cut:
+        return skipped_for_time(TIP_TINY, _seconds_still_needed(rungs, max_steps),
+                                f"{summary}", evidence)
     if not ran:
-        return Finding(TIP_TINY, "skip", "Overfitting tiny batches was not run",
-                       f"{summary}.", None, evidence, figures)
+        return Finding(TIP_TINY, "skip", "No rung of the ladder could run", f"{summary}.", None, evidence, figures)
     fitted = ", ".join(str(r.size) for r in ran)
     return Finding(TIP_TINY, "pass", f"Overfits {fitted} training item{'s' if ran[-1].size > 1 else ''}",
                    f"{summary}. The model fits every rung it was given.", None, evidence, figures)
 
 
+def _seconds_still_needed(rungs: list[Rung], max_steps: int) -> float:
+    """The time the rungs cut short by the clock still need: their planned steps at the pace measured so far."""
+    timed = [r for r in rungs if r.steps > 0 and r.seconds > 0]
+    per_step = max((r.seconds / r.steps for r in timed), default=0.05)
+    left = sum(max(max_steps - r.steps, 0) for r in rungs if r.status in ("stopped", "not run")
+               and "only" not in r.reason)
+    return left * per_step * 1.2
+
+
+def _rounded_up(steps: int) -> int:
+    return int(math.ceil(steps / 100) * 100)
+
+
 def _rung_words(rung: Rung) -> str:
     if rung.status == "passed":
         return f"{rung.size}: fitted in {rung.steps} steps (loss {rung.initial_loss:.3g} to {rung.final_loss:.3g})"
-    if rung.status in ("failed", "stopped") and rung.final_loss is not None:
+    if rung.status in ("failed", "stopped", "undecided") and rung.final_loss is not None:
         return (f"{rung.size}: {rung.status} after {rung.steps} steps "
                 f"(loss {rung.initial_loss:.3g} to {rung.final_loss:.3g})")
     return f"{rung.size}: {rung.status} ({rung.reason})"
