@@ -1,5 +1,4 @@
 import pickle
-import time
 
 import pytest
 import torch
@@ -10,18 +9,7 @@ from dltips.core.deadline import Deadline
 from dltips.core.params import ParamError
 from dltips.predict import OutOfTime, estimate_needed, predict
 from dltips.task import Task
-
-
-class ExpiresAfter(Deadline):
-    """A deadline far away whose `expired()` answers True from its `calls`-th call on."""
-
-    def __init__(self, calls: int):
-        super().__init__(time.monotonic() + 3600)
-        self.calls, self.limit = 0, calls
-
-    def expired(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.limit
+from clock import ExpiresAfter
 
 
 def linear_task(n=100, batch_size=16):

@@ -8,6 +8,7 @@ a contract (see docs/architecture.md).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,9 +114,28 @@ def skipped_for_time(tip: str, needs_s: float, done: str = "", evidence: dict | 
 
 
 def could_not_run(tip: str, error: BaseException, what: str = "The check") -> Finding:
-    """A `skip`: the user's code raised while `what` ran; the report says so first and the CLI exits 3."""
+    """A `skip`: code raised while `what` ran; the report says so first and the CLI exits 3.
+
+    `evidence["raised_in"]` says whose code: "dltips" when the innermost frame of the traceback is in
+    dltips itself (a bug to report), else "your code" (the model, loss, optimizer or data, or torch
+    called from them).
+    """
     name = type(error).__name__
+    own = raised_in_dltips(error)
+    fix = ("This is a bug in dltips: please report it with the traceback from --debug." if own else
+           "Fix the error (run with --debug to see where it was raised), then rerun.")
     return Finding(tip, "skip", f"Could not run: {name}",
-                   f"{what} raised {name}: {error}. Run with --debug for the traceback.",
-                   "Fix the error (run with --debug to see where it was raised), then rerun.",
-                   {"skip_reason": SKIP_ERROR, "error": f"{name}: {error}"})
+                   f"{what} raised {name}: {error}{' inside dltips itself' if own else ''}. Run with --debug for "
+                   "the traceback.", fix,
+                   {"skip_reason": SKIP_ERROR, "error": f"{name}: {error}", "raised_in": "dltips" if own else "your code"})
+
+
+def raised_in_dltips(error: BaseException) -> bool:
+    """Whether the innermost frame of `error`'s traceback is a file of the dltips package."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)

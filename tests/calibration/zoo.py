@@ -376,6 +376,8 @@ BROKEN: dict[str, tuple[Callable[[], Task], set[str]]] = {
                                       name="lr-too-high"), {"default-lr", "overfit-tiny"}),
     "lr-far-too-low": (lambda: _with(digits_mlp(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-7),
                                      name="lr-too-low"), {"default-lr", "overfit-tiny"}),
+    "adam-lr-1": (lambda: _with(digits_mlp(), optimizer=lambda p: torch.optim.Adam(p, lr=1.0), name="adam-lr-1"),
+                  {"default-lr", "overfit-tiny", "overfit-then-regularize"}),
     "detached-loss": (detached_loss_task, {"overfit-tiny"}),
     "frozen": (frozen_task, {"overfit-tiny"}),
     "linear-on-spirals": (lambda: spirals_task(lambda: nn.Linear(2, 3), name="linear-spirals"),
@@ -407,3 +409,8 @@ def __getattr__(attribute: str):
         if name in HEALTHY or name in BROKEN:
             return lambda: task_named(name)
     raise AttributeError(attribute)
+
+
+# Broken tasks whose model learns nothing under the Task's own optimizer: the doctor must fail them (exit 1),
+# not only warn.
+LEARNS_NOTHING = ("adam-lr-1", "lr-far-too-high", "lr-far-too-low", "detached-loss", "frozen", "blind-lm")

@@ -1,6 +1,5 @@
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -25,6 +24,7 @@ from dltips.data.shift import (
 )
 from dltips.diagnosis.report import Report
 from dltips.task import Task
+from clock import ExpiresAfter
 
 
 def gaussian(n, d=10, n_classes=3, seed=0):
@@ -257,18 +257,6 @@ def test_auc_matches_sklearn_with_ties():
 
 
 # ---------------------------------------------------------------- the time plan
-
-
-class ExpiresAfter(Deadline):
-    """A deadline far away whose `expired()` answers True from its `calls`-th call on."""
-
-    def __init__(self, calls: int):
-        super().__init__(time.monotonic() + 3600)
-        self.calls, self.limit = 0, calls
-
-    def expired(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.limit
 
 
 def one_skip(findings):

@@ -6,6 +6,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from dltips import Finding, ParamError, Report
 from dltips.cli import main
@@ -208,3 +209,23 @@ def test_cli_fail_on_warn_turns_a_warning_into_exit_1(target, capsys, monkeypatc
     assert main(args + ["--fail-on", "warn"]) == 1
     assert main(args + ["--fail-on", "fail"]) == 0
     assert "INCOMPLETE" not in capsys.readouterr().out
+
+
+def test_an_error_raised_inside_dltips_is_reported_as_a_dltips_bug_not_the_users():
+    from dltips.core.params import positive
+
+    try:
+        positive("x", -1.0)  # raised by dltips's own code
+    except ValueError as e:
+        ours = could_not_run("default-lr", e)
+    try:
+        torch.nn.Linear(2, 2)(torch.zeros(1, 3))  # raised in torch, called from "user" code
+    except RuntimeError as e:
+        theirs = could_not_run("overfit-tiny", e)
+    assert ours.evidence["raised_in"] == "dltips" and "bug in dltips" in ours.fix
+    assert theirs.evidence["raised_in"] == "your code" and "bug in dltips" not in theirs.fix
+    report = Report(TASK, [ours])
+    first = plain_text(report).splitlines()[0]
+    assert first.startswith("INCOMPLETE: 1 check could not run because of an error: default-lr (")
+    assert "raised inside dltips: please report it" in first
+    assert report.exit_status() == 3

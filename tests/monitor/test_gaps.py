@@ -14,6 +14,7 @@ from dltips.diagnosis.report import Report
 from dltips.monitor.gaps import check_error_gaps, judge_error_gaps, measure_error_gaps
 from dltips.predict import LM_BASELINE_FRACTION, OutOfTime, evenly_spaced
 from dltips.task import Task
+from clock import ExpiresAfter
 
 # (train, valid, test, baseline) -> (status, dominant gap); the runs of the module docstring,
 # plus the brief's reference cases.
@@ -271,18 +272,6 @@ def test_the_old_call_forms_still_work_and_warn():
 
 
 # ---------------------------------------------------------------- the time plan
-
-
-class ExpiresAfter(Deadline):
-    """A deadline far away whose `expired()` answers True from its `calls`-th call on."""
-
-    def __init__(self, calls: int):
-        super().__init__(time.monotonic() + 3600)
-        self.calls, self.limit = 0, calls
-
-    def expired(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.limit
 
 
 class Slow(Lookup):

@@ -75,6 +75,7 @@ class Doctor:
     stream: TextIO | None = None
     findings: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    short_run_needs: float | None = None  # seconds the short run still needed when it did not fit
 
     def __post_init__(self) -> None:
         for name, tips in (("only", self.only or set()), ("skip", self.skip)):
@@ -236,7 +237,7 @@ class Doctor:
         `skip`s with the time it needed: the monitors' and the gaps' verdicts would otherwise
         depend on how fast the machine was.
         """
-        tips = [t for t in (*short_run_tips(task), *MONITOR_TIPS) if self.wanted(t)]
+        tips = [t for t in (*MONITOR_TIPS, *short_run_tips(task)) if self.wanted(t)]  # the order of a full run
         if not tips and not self.wanted("overfit-then-regularize"):
             return None, None
         from dltips.monitor.metrics import MetricTracker
@@ -249,6 +250,7 @@ class Doctor:
         epochs = math.ceil(max_steps / steps_per_epoch)
         estimate = PLAN_MARGIN * (max_steps * step_s + epochs * _seconds_to_evaluate(task, step_s))
         if estimate > deadline.left():
+            self.short_run_needs = estimate - max(deadline.left(), 0.0)
             for tip in tips:
                 self.findings.append(skipped_for_time(
                     tip, estimate - max(deadline.left(), 0.0), f"the short training run ({max_steps} steps, about "
@@ -276,6 +278,7 @@ class Doctor:
             seconds = time.perf_counter() - start
             needed = seconds * (max_steps - limit.stopped_at) / max(limit.stopped_at, 1)
             self.say(f"short training run stopped by the clock at step {limit.stopped_at} of {max_steps}")
+            self.short_run_needs = needed
             for tip in tips:
                 self.findings.append(skipped_for_time(
                     tip, needed, f"the short training run it is judged on stopped at step {limit.stopped_at} of "
@@ -298,7 +301,16 @@ class Doctor:
             self.findings.extend(f for f in found if self.wanted(f.tip))
 
     def capacity(self, task: Task, max_steps: int, deadline: Deadline, valid_error: float | None) -> None:
+        """overfit-then-regularize, given the short run's validation error; without it when the short run did
+        not fit, the check skips too: its verdict (fits, or fits and overfits) reads that error."""
         from dltips.training.capacity import check_capacity
+
+        if self.short_run_needs is not None:
+            if self.wanted("overfit-then-regularize"):
+                self.findings.append(skipped_for_time(
+                    "overfit-then-regularize", self.short_run_needs, "its verdict reads the validation error of "
+                    "the short training run, which did not fit"))
+            return
 
         self.step("overfit-then-regularize", lambda: check_capacity(
             task, **{**self.common(), "deadline": deadline}, max_steps=max_steps, valid_error=valid_error))

@@ -54,8 +54,14 @@ def _error_text(finding: Finding) -> str:
 def _incomplete_line(incomplete: list[Finding]) -> Line:
     """The line that opens an incomplete report: how many checks could not run, each with its error."""
     count = f"{len(incomplete)} check{'' if len(incomplete) == 1 else 's'}"
-    errors = ", ".join(f"{f.tip} ({_error_text(f)})" for f in incomplete)
-    return [("INCOMPLETE:", STATUS_STYLES["fail"]), (f" {count} could not run because your code raised: {errors}", "")]
+    errors = ", ".join(f"{f.tip} ({_error_text(f)}"
+                       f"{'; raised inside dltips: please report it' if _ours(f) else ''})" for f in incomplete)
+    whose = "of an error" if any(_ours(f) for f in incomplete) else "your code raised"
+    return [("INCOMPLETE:", STATUS_STYLES["fail"]), (f" {count} could not run because {whose}: {errors}", "")]
+
+
+def _ours(finding: Finding) -> bool:
+    return finding.evidence.get("raised_in") == "dltips"
 
 
 def _exit_segments(status: int, fail_on: str) -> Line:
