@@ -170,12 +170,23 @@ def output_form(kind: str, output: torch.Tensor, target: torch.Tensor | None = N
     in_unit = bool((out >= 0).all() and (out <= 1).all())
     if kind in ("binary", "multilabel"):
         return "probabilities" if in_unit and _refuses_logits(output, target, loss_fn) else "logits"
-    dim = 1 if kind == "classification" else out.dim() - 1
-    if in_unit and bool(((out.sum(dim) - 1).abs() < _NORM_TOL).all()):
+    return normalised_form(out, class_dim(kind, out)) or "logits"
+
+
+def class_dim(kind: str, output: torch.Tensor) -> int:
+    """The dimension holding the classes: 1 for classification, the last one for a language model."""
+    return 1 if kind == "classification" else output.dim() - 1
+
+
+def normalised_form(out: torch.Tensor, dim: int) -> str | None:
+    """'probabilities' or 'log-probabilities' when `out` sums (or exp-sums) to 1 along `dim`, else None."""
+    if out.numel() == 0:
+        return None
+    if bool((out >= 0).all() and (out <= 1).all()) and bool(((out.sum(dim) - 1).abs() < _NORM_TOL).all()):
         return "probabilities"
     if bool((out <= 1e-6).all()) and bool(((out.exp().sum(dim) - 1).abs() < _NORM_TOL).all()):
         return "log-probabilities"
-    return "logits"
+    return None
 
 
 def as_logits(task: Task, output: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,6 @@ class Doctor:
                 if self.wanted(tip):
                     self.findings.append(could_not_run(tip, e, "A training step"))
             return self.finish(task)
-        self.reserve_s = RESERVE * self.budget_s
         ladder_ok = self.overfit_ladder(task, LADDER_MAX_STEPS, self.share("overfit-tiny"))
         if not ladder_ok:
             reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
@@ -184,7 +183,7 @@ class Doctor:
 
     def before_reserve(self) -> Deadline:
         """The doctor's deadline less the reserve kept for the last checks and the report."""
-        return Deadline(self.deadline.at - getattr(self, "reserve_s", RESERVE * self.budget_s))
+        return Deadline(self.deadline.at - RESERVE * self.budget_s)
 
     def finish(self, task: Task) -> Report:
         """The checks that need no trained model and come last, then the report."""

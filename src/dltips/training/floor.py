@@ -26,9 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dltips.task import output_form
+from dltips.task import class_dim, output_form
 
-__all__ = ["LossFloor", "class_dim", "describe", "loss_floor"]
+__all__ = ["LossFloor", "describe", "loss_floor"]
 
 STEPS = 150  # Adam steps on the free logits
 LR = 0.2
@@ -42,11 +42,6 @@ class LossFloor:
     value: float
     form: str
     bounded: bool = True
-
-
-def class_dim(kind: str, output: torch.Tensor) -> int:
-    """The dimension holding the classes (1 for classification, the last one for a language model)."""
-    return 1 if kind == "classification" else output.dim() - 1
 
 
 def loss_floor(kind: str, loss_fn: Callable, output: torch.Tensor, target: torch.Tensor,

@@ -64,7 +64,7 @@ from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced, predict
-from dltips.task import DEFAULT_LOSSES, IGNORE_INDEX, Task
+from dltips.task import DEFAULT_LOSSES, IGNORE_INDEX, Task, normalised_form
 
 __all__ = ["ExpectedLoss", "check_initial_loss", "expected_initial_loss"]
 
@@ -88,7 +88,6 @@ FAIL_OUTPUT_VARIANCE = 1.0
 LOW_RATIO = 0.7
 _LABEL_SCAN = 4096  # training items read for the label prior when labels are not one tensor
 _LM_VALUES = 2**24  # most logits kept for a language model (items are reduced to fit)
-_NORM_TOL = 1e-3  # |sum - 1| accepted as "normalised"
 FLOAT_SLACK = 1e-6  # relative rounding of a float32 mean loss: a mean this close to the range is inside it
 
 
@@ -407,34 +406,23 @@ def _normalisation(kind: str, outputs: torch.Tensor, batch_size: int) -> dict:
     """Whether outputs are (log-)probabilities over the class dimension, or normalised over another one."""
     out = outputs.double()
     class_dim = 1 if kind == "classification" else out.dim() - 1
-    result = {"probabilities": _normalised(out, class_dim) == "probabilities", "wrong_dim": None, "wrong_form": None}
-    if _normalised(out, class_dim) is not None:
+    result = {"probabilities": normalised_form(out, class_dim) == "probabilities", "wrong_dim": None, "wrong_form": None}
+    if normalised_form(out, class_dim) is not None:
         return result
     for dim in range(out.dim()):
         if dim == class_dim:
             continue
         if dim == 0:  # normalised within each batch the model saw: check every full chunk of at least 2 items
             chunks = [c for c in out.split(batch_size) if len(c) >= 2 and len(c) == min(batch_size, len(out))]
-            forms = {_normalised(c, 0) for c in chunks}
+            forms = {normalised_form(c, 0) for c in chunks}
             form = forms.pop() if len(forms) == 1 and chunks else None
         else:
-            form = _normalised(out, dim) if out.shape[dim] >= 2 else None
+            form = normalised_form(out, dim) if out.shape[dim] >= 2 else None
         if form is not None:
             result["wrong_dim"] = dim
             result["wrong_form"] = "log-probabilities" if form == "log-probabilities" else "probabilities"
             return result
     return result
-
-
-def _normalised(out: torch.Tensor, dim: int) -> str | None:
-    """'probabilities' or 'log-probabilities' when `out` sums (or exp-sums) to 1 along `dim`, else None."""
-    if out.numel() == 0:
-        return None
-    if bool((out >= 0).all() and (out <= 1).all()) and bool(((out.sum(dim) - 1).abs() < _NORM_TOL).all()):
-        return "probabilities"
-    if bool((out <= 1e-6).all()) and bool(((out.exp().sum(dim) - 1).abs() < _NORM_TOL).all()):
-        return "log-probabilities"
-    return None
 
 
 def _is_default_loss(task: Task) -> bool:
