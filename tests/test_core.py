@@ -14,7 +14,8 @@ from torch import nn
 from dltips.core import deadline as deadline_module
 from dltips.core.checks import check_args, positional_options, renamed_kwargs, task_first
 from dltips.core.deadline import Deadline, as_deadline
-from dltips.core.device import model_device, model_on_device, resolve_device
+from dltips.core import device as device_module
+from dltips.core.device import model_device, model_on_device, resolve_device, threads_at_most, usable_cpus
 from dltips.core.params import ParamError, flag, fraction, int_at_least, ints, number, one_of, optional_int, positive, probability
 from dltips.core.state import eval_mode, grads_kept, modes_kept, rng_kept
 
@@ -78,6 +79,39 @@ def test_the_device_rule():
 def test_model_on_device_copies_only_a_model_that_is_elsewhere():
     model = nn.Linear(2, 2)
     assert model_on_device(model, torch.device("cpu")) is model
+
+
+def test_usable_cpus_reads_the_affinity_and_a_cgroup_quota(monkeypatch, tmp_path):
+    monkeypatch.setattr(device_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(device_module, "Path", lambda root: tmp_path)
+    assert usable_cpus() == 8  # no cgroup files: the affinity mask
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert usable_cpus() == 2  # 1.5 CPUs of quota round up
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus() == 8
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus() == 3  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cpus() == 8
+
+
+def test_threads_at_most_lowers_and_restores_torchs_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with threads_at_most(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with threads_at_most(4):  # never raised
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), threads_at_most(1):
+            raise RuntimeError("restored on an error too")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_modes_kept_restores_each_modules_own_flag():

@@ -20,6 +20,7 @@ from consistency import contradictions  # noqa: E402
 from zoo import BROKEN, HEALTHY, LEARNS_NOTHING  # noqa: E402
 
 from dltips import doctor  # noqa: E402
+from dltips.findings import SKIP_TIME  # noqa: E402
 
 BUDGET_S = 30.0
 FLAGS = ("warn", "fail")
@@ -103,17 +104,36 @@ def busy_processes(n=2, seconds=600):
             p.wait(timeout=10)
 
 
+def time_skips(report) -> set[str]:
+    return {f.tip for f in report.findings if f.status == "skip" and f.evidence.get("skip_reason") == SKIP_TIME}
+
+
 @pytest.mark.slow
 def test_verdicts_are_the_same_on_an_idle_and_on_a_busy_machine():
+    """The load may cost a check its time (a `skip` naming the seconds it needs), never its verdict.
+
+    Idle, every plan of these tasks fits in LOAD_BUDGET_S; under load, a verdict that differs from the idle
+    one must be a skip for time. How many checks a shared machine leaves room for is printed, not asserted:
+    it depends on what else the machine runs.
+    """
     def run(name):
-        return verdicts(diagnose(HEALTHY.get(name) or BROKEN[name][0], LOAD_BUDGET_S)[0])
+        return diagnose(HEALTHY.get(name) or BROKEN[name][0], LOAD_BUDGET_S)[0]
 
     idle = {name: run(name) for name in LOAD_SUBSET}
+    assert not {name: time_skips(r) for name, r in idle.items() if time_skips(r)}  # idle, every plan fits
     with busy_processes() as procs:
         loaded = {name: run(name) for name in LOAD_SUBSET}
         assert all(p.poll() is None for p in procs)  # the load lasted the whole comparison
-    differ = {name: (idle[name], loaded[name]) for name in LOAD_SUBSET if idle[name] != loaded[name]}
-    assert not differ
+    changed = {}
+    for name in LOAD_SUBSET:
+        before, after, skipped = dict(verdicts(idle[name])), dict(verdicts(loaded[name])), time_skips(loaded[name])
+        assert before.keys() == after.keys(), name
+        changed[name] = {tip: (before[tip], after[tip]) for tip in before
+                         if before[tip] != after[tip] and tip not in skipped}
+        compared = sum(tip not in skipped for tip in before)
+        print(f"{name}: {compared} of {len(before)} verdicts compared under load; skipped for time: "
+              f"{sorted(skipped) or 'none'}; timings {loaded[name].timings}")
+    assert not {name: c for name, c in changed.items() if c}
 
 
 def compare(idle, loaded) -> str:

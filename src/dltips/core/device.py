@@ -7,8 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,3 +74,43 @@ def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) ->
     if isinstance(x, (list, tuple)):
         return type(x)(to_device(v, device, non_blocking) for v in x)
     return x
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, lowered by a cgroup CPU quota (containers).
+
+    torch sizes its thread pool from the machine's CPU count, which a container's quota does not lower;
+    more threads than CPUs make every parallel op wait for descheduled threads.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota is not None else max(cpus, 1)
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs allowed by cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`), or None when there is no quota."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def threads_at_most(n: int) -> Iterator[None]:
+    """torch's intra-op threads lowered to `n` (never raised) inside the block, and restored after it."""
+    before = torch.get_num_threads()
+    if n < before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
