@@ -63,6 +63,8 @@ TASKS = {"classification": classification_task, "image": image_task, "lm": langu
 # check -> (task maker, extra options); checks of a trained model are given the Task's model.
 CHECKS = {
     "check_initial_loss": ("classification", {}),
+    "check_output_layer": ("classification", {}),
+    "check_gradient_flow": ("classification", {}),
     "check_overfit_tiny": ("classification", {"sizes": (1, 2), "max_steps": 20}),
     "check_capacity": ("classification", {"max_steps": 20}),
     "check_lr": ("classification", {"num_steps": 10}),

@@ -61,6 +61,8 @@ _EXPORTS = {
     "scaling_study": "dltips.nlp.emergent",
     # Checks: each answers "is this healthy?" with Findings.
     "check_initial_loss": "dltips.training.init",
+    "check_output_layer": "dltips.training.output",
+    "check_gradient_flow": "dltips.monitor.probe",
     "check_overfit_tiny": "dltips.training.overfit",
     "check_capacity": "dltips.training.capacity",
     "check_lr": "dltips.training.lr_check",

@@ -112,7 +112,7 @@ _TIPS = [
         "model should be maximally unsure: the loss should be the entropy of the label prior "
         "(ln C for C balanced classes, ln V per token for a language model, the target variance "
         "for mean-squared regression). A much larger loss means over-confident initial outputs.",
-        ["dltips.check_initial_loss", "dltips.doctor"],
+        ["dltips.check_initial_loss", "dltips.check_output_layer", "dltips.doctor"],
     ),
     # Data
     Tip(
@@ -174,14 +174,14 @@ _TIPS = [
         "activation-gradient-stats", "monitoring", "monitor", "Watch activation and gradient distributions",
         "Per layer, watch histograms of activations and gradients and the share of saturated or "
         "dead units. Saturated activations with near-zero gradients mean the layer has stopped learning.",
-        ["dltips.watch", "dltips.Watch", "dltips.doctor"],
+        ["dltips.watch", "dltips.Watch", "dltips.check_gradient_flow", "dltips.doctor"],
     ),
     Tip(
         "update-ratio", "monitoring", "monitor", "Keep the update-to-weight ratio near 1e-2",
         "Compare the size of each update with the size of the weights it changes. Around 1e-2 is "
         "healthy; near 1e-5 the layer is not learning, near 0.5 it moves too fast. Adjust the "
         "learning rate to bring layers into the band.",
-        ["dltips.watch", "dltips.Watch", "dltips.doctor"],
+        ["dltips.watch", "dltips.Watch", "dltips.check_gradient_flow", "dltips.doctor"],
     ),
     Tip(
         "error-gaps", "monitoring", "check", "Read the three error gaps",

@@ -38,6 +38,8 @@ from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, threads_at_most, to_device, usable_cpus
 from dltips.core.params import ParamError, int_at_least, positive
 from dltips.core.state import rng_kept, training_copy
+from dltips.diagnosis.causes import (FLAGS, FUNDAMENTAL, attach_causes, labels_unrelated, one_voice_on_lr, rank_causes,
+                                    regularisation_underfits)
 from dltips.diagnosis.report import Report
 from dltips.findings import Finding, could_not_run, skipped_for_time
 from dltips.task import Task
@@ -77,6 +79,8 @@ class Doctor:
     findings: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     short_run_needs: float | None = None  # seconds the short run still needed when it did not fit
+    causes: list[Finding] = field(default_factory=list)  # the cause probes' warn/fail findings
+    probed: bool = False
 
     def __post_init__(self) -> None:
         for name, tips in (("only", self.only or set()), ("skip", self.skip)):
@@ -143,12 +147,17 @@ class Doctor:
                     self.findings.append(could_not_run(tip, e, "A training step"))
             return self.finish(task)
         ladder_ok = self.overfit_ladder(task, LADDER_MAX_STEPS, self.share("overfit-tiny"))
+        if self.flagged():
+            self.probe_causes(task)
         if not ladder_ok:
             reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
                       "training would only restate that failure. Fix that first.")
+            found = {c.tip: c for c in reversed(rank_causes(self.causes))}  # the top cause of each tip
             for tip in ("default-lr", "overfit-then-regularize", *short_run_tips(task), *MONITOR_TIPS):
                 if self.wanted(tip):
-                    self.findings.append(Finding(tip, "skip", "Skipped: overfit-tiny failed", reason))
+                    self.findings.append(found.pop(tip, None) or Finding(tip, "skip", "Skipped: overfit-tiny failed",
+                                                                         reason))
+            self.findings.extend(f for f in found.values() if self.wanted(f.tip))
             return self.finish(task)
         self.lr_check(task, self.share("default-lr"))
         with training_copy(task.model) as run_model:  # kept trained until the checks that read it are done
@@ -157,7 +166,53 @@ class Doctor:
             if trained is not None:
                 self.on_trained(task, trained)
         self.capacity(task, CAPACITY_STEPS, self.share("overfit-then-regularize"), valid_error)
+        self.regularisation_cause(task)
+        if self.flagged():
+            self.probe_causes(task)
+            gaps = next((f for f in self.findings if f.tip == "error-gaps" and f.status in FLAGS), None)
+            unrelated = labels_unrelated(gaps, ladder_passed=True)
+            if unrelated is not None:
+                self.causes.append(unrelated)
+            present = {f.tip for f in self.findings}
+            self.findings.extend(c for c in rank_causes(self.causes)
+                                 if c.tip not in present and c is not unrelated and self.wanted(c.tip))
         return self.finish(task)
+
+    def regularisation_cause(self, task: Task) -> None:
+        """Replace the capacity finding by its cause when the Task's regularisation is what stops the fit."""
+        gaps = next((f for f in self.findings if f.tip == "error-gaps"), None)
+        capacity = next((i for i, f in enumerate(self.findings) if f.tip == "overfit-then-regularize"
+                         and f.status in ("pass", "info")), None)
+        if capacity is None:
+            return
+        cause = regularisation_underfits(task, gaps, self.findings[capacity])
+        if cause is not None:
+            self.findings[capacity] = cause
+            self.causes.append(cause)
+
+    def flagged(self) -> bool:
+        """Whether a fundamental check (causes.FUNDAMENTAL) has warned or failed."""
+        return any(f.tip in FUNDAMENTAL and f.status in FLAGS for f in self.findings)
+
+    def probe_causes(self, task: Task) -> None:
+        """Run the cause probes once (layers and gradients, the output layer) on the untrained model; a probe that
+        raises is left out, since it only explains a finding that is already there."""
+        if self.probed:
+            return
+        self.probed = True
+        from dltips.monitor.probe import layer_findings, probe_layers
+        from dltips.training.output import check_output_layer
+
+        self.say("cause probes ...")
+        start = time.perf_counter()
+        for probe in (lambda: layer_findings(probe_layers(task, seed=self.seed)),
+                      lambda: check_output_layer(task, seed=self.seed)):
+            try:
+                self.causes.extend(f for f in probe() if f.status in FLAGS)
+            except Exception:
+                if self.debug:
+                    raise
+        self.timings["cause-probes"] = time.perf_counter() - start
 
     def choose_threads(self, task: Task) -> float:
         """Time a training step with torch's threads and with one; keep one thread unless the others win by
@@ -212,6 +267,8 @@ class Doctor:
         from dltips.data.shift import check_val_test_match
 
         self.step("val-test-match", lambda: check_val_test_match(task, **self.common()))
+        attach_causes(self.findings, self.causes)
+        one_voice_on_lr(self.findings)
         return self.report()
 
     def common(self) -> dict[str, Any]:

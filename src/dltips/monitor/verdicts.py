@@ -23,7 +23,10 @@ from dltips.monitor.samples import Sample, WatchedRun, rebin
 # Measured: healthy runs at most 0.53 (late) and 0.50 (init); broken runs 0.94 to 1.0.
 DEAD_WARN = 0.7
 # A bounded activation with this fraction of its outputs flat (slope < 5 % of peak).
-# Measured: healthy runs at most 0.062; a saturating init 0.62 (init) and 0.64 (late).
+# Measured: healthy runs at most 0.062; a saturating init 0.62 (init) and 0.64 (late). Saturation that
+# appears only during training is `info`: a healthy digits tanh MLP (tests/calibration/causes_model.py
+# shallow_tanh_task) reaches 41 % at AdamW lr 1e-2 and 73 % at 3e-2 with the same 4 % validation error as
+# at 3e-3 (0 %), and no broken run of the calibration sets is saturated only late.
 SATURATED_WARN = 0.2
 # norm(update) / norm(weights) per weight matrix. The median over the sampled steps
 # must lie in UPDATE_BAND and the largest sampled value below UPDATE_PEAK (the seed's
@@ -182,6 +185,12 @@ def activation_finding(watch: WatchedRun) -> Finding:
                          "normalisation layer before the activation")
         if later:
             fixes.append("learning rate or activation choice: lower the LR, add normalisation, or use ReLU/GELU")
+    late_only = not dead and all(v["at_init"] < SATURATED_WARN for v in saturated.values())
+    if late_only:  # see SATURATED_WARN: saturation that grows during training went with healthy fits
+        return Finding("activation-gradient-stats", "info", f"{len(saturated)} layer(s) saturated later in training",
+                       " ".join(parts) + " Saturation that grows as a model becomes confident is common; it is a "
+                       "problem only when training stalls (the error gaps and update-ratio say whether it did).",
+                       evidence=evidence, figures=figures)
     return Finding("activation-gradient-stats", "warn",
                    f"{len(dead) + len(saturated)} layer(s) dead or saturated",
                    " ".join(parts), fix=("Likely cause, " if len(fixes) == 1 else "Likely causes, ")
