@@ -183,8 +183,8 @@ class Doctor:
         gaps = next((f for f in self.findings if f.tip == "error-gaps"), None)
         capacity = next((i for i, f in enumerate(self.findings) if f.tip == "overfit-then-regularize"
                          and f.status in ("pass", "info")), None)
-        if capacity is None:
-            return
+        if capacity is None or labels_unrelated(gaps, ladder_passed=True) is not None:
+            return  # labels at chance: the short run cannot fit them in its steps, whatever the regularisation
         cause = regularisation_underfits(task, gaps, self.findings[capacity])
         if cause is not None:
             self.findings[capacity] = cause
