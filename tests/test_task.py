@@ -127,3 +127,31 @@ def test_default_optimizer_is_adamw_at_the_default_lr():
     assert opt.param_groups[0]["lr"] == default_lr(task.model)
     sgd = Task(nn.Linear(4, 3), data(), data(8), optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     assert isinstance(make_optimizer(sgd, sgd.model), torch.optim.SGD)
+
+
+def regression_data(n=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, x.sum(1))  # targets of shape (N,)
+
+
+@pytest.mark.parametrize("loss", [lambda o, t: F.mse_loss(o, t), lambda o, t: ((o - t) ** 2).mean(), nn.L1Loss(),
+                                  nn.HuberLoss()])
+def test_a_loss_that_broadcasts_an_n_by_1_output_against_n_targets_is_a_task_error(loss):
+    with pytest.raises(TaskError, match=r"pairs every output with every target.*\(2, 1\).*\(2,\).*\(2, 2\)"):
+        Task(nn.Linear(4, 1), regression_data(), regression_data(8), kind="regression", loss=loss)
+
+
+@pytest.mark.parametrize("loss", [lambda o, t: F.mse_loss(o.squeeze(1), t), lambda o, t: F.mse_loss(o, t.view_as(o)),
+                                  None])
+def test_a_loss_that_reshapes_before_comparing_is_accepted(loss):
+    task = Task(nn.Linear(4, 1), regression_data(), regression_data(8), kind="regression", loss=loss)
+    assert task.kind == "regression"
+
+
+def test_a_loss_that_couples_items_only_through_a_shared_weight_is_not_a_broadcast():
+    # class weights make the mean's normaliser depend on the other items' targets; output (N, C) against
+    # targets (N,) is torch's own convention, not a broadcast
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    task = Task(nn.Linear(4, 3), data(), data(8), loss=nn.CrossEntropyLoss(weight=weights))
+    assert task.n_classes == 3

@@ -97,7 +97,7 @@ _TIPS = [
         "When the batch size changes by a factor k, change the learning rate by k (linear rule) "
         "or by sqrt(k) (a more cautious rule, often better for adaptive optimisers). Count the "
         "effective batch: micro-batch x accumulation steps x number of processes.",
-        ["dltips.scale_lr"],
+        ["dltips.scale_lr", "dltips.check_loss_reduction"],
     ),
     Tip(
         "one-cycle", "training", "trick", "One cycle: short warm-up, long high LR, long cosine anneal",
@@ -127,7 +127,7 @@ _TIPS = [
         "Before a transform goes into the pipeline, look at what it produces and at the "
         "statistics of what finally reaches the model: a step can destroy what the label depends "
         "on, and inputs can end up unnormalised or normalised twice.",
-        ["dltips.check_inputs", "dltips.preview", "dltips.doctor"],
+        ["dltips.check_inputs", "dltips.check_stable_pairing", "dltips.preview", "dltips.doctor"],
     ),
     Tip(
         "image-resolution", "data", "check", "Experiment at 128 px, not at 32 px",
@@ -167,7 +167,7 @@ _TIPS = [
         "val-test-match", "data", "check", "Validation and test must come from the same distribution",
         "Training data may differ from what the model meets in use, but validation and test must "
         "match each other: validation is only useful as a stand-in for the test.",
-        ["dltips.check_val_test_match", "dltips.doctor"],
+        ["dltips.check_val_test_match", "dltips.check_split_overlap", "dltips.doctor"],
     ),
     # Monitoring & Debugging
     Tip(
@@ -188,7 +188,8 @@ _TIPS = [
         "Training error shows bias (underfitting); the validation-training gap shows variance "
         "(overfitting); the test-validation gap shows overfitting to the validation set, usually "
         "from too much tuning against it.",
-        ["dltips.check_error_gaps", "dltips.monitor.gaps.measure_error_gaps", "dltips.doctor"],
+        ["dltips.check_error_gaps", "dltips.monitor.gaps.measure_error_gaps", "dltips.check_target_leak",
+         "dltips.check_causal_leak", "dltips.doctor"],
     ),
     Tip(
         "metric-divergence", "monitoring", "monitor", "Metrics agree early and diverge later",

@@ -7,6 +7,8 @@ shape instead of as a deep traceback in the middle of training.
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -325,3 +327,39 @@ def _check_loss(loss_fn: Callable, output: torch.Tensor, target: torch.Tensor) -
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
         raise TaskError("loss", f"a loss value of {found}", "a scalar tensor (reduce with a mean)")
+    target = target.to(output.device)
+    if _pairs_every_output_with_every_target(loss_fn, output, target):
+        joint = tuple(torch.broadcast_shapes(output.shape, target.shape))
+        raise TaskError("loss", f"a loss that pairs every output with every target: the model's output of shape "
+                                f"{tuple(output.shape)} against targets of shape {tuple(target.shape)} broadcasts to "
+                                f"{joint}, so item i's output is compared with the targets of all items",
+                        "outputs and targets of one shape inside the loss: `output.view_as(target)` (or "
+                        "`output.squeeze(-1)`) before it, or targets of the output's shape")
+
+
+def _pairs_every_output_with_every_target(loss_fn: Callable, output: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether broadcasting inside the loss mixes items: output and target shapes that broadcast to more
+    elements than either has (such as (N, 1) against (N,), giving N x N), and a gradient for item 0's output
+    that changes when only the other items' targets change."""
+    if len(output) < 2 or output.shape == target.shape:
+        return False
+    try:
+        joint = torch.broadcast_shapes(output.shape, target.shape)
+    except RuntimeError:
+        return False
+    if math.prod(joint) <= max(output.numel(), target.numel()):
+        return False
+    other = target.clone()
+    other[1:] = 1 - other[1:]  # 0/1 labels stay labels
+    other[1:][other[1:] == target[1:]] = 0  # a float target of 0.5
+    grads = []
+    for t in (target, other):
+        out = output.detach().clone().requires_grad_(True)
+        with warnings.catch_warnings():  # torch warns about the size mismatch; the TaskError says it instead
+            warnings.simplefilter("ignore")
+            try:
+                (grad,) = torch.autograd.grad(loss_fn(out, t), out)
+            except Exception:  # noqa: BLE001 -- no gradient path, or targets it refuses: no verdict
+                return False
+        grads.append(grad[0])
+    return not torch.allclose(grads[0], grads[1])

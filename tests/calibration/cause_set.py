@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+import causes_data as cd
 import causes_model as cm
 from zoo import BROKEN, HEALTHY
 
@@ -41,6 +42,8 @@ CAUSES: dict[str, tuple[Callable[[], Task], set[str], str]] = {
     # the learning rate (AUTOTRAINER: exploding gradient / oscillating loss, slow convergence)
     "lr-far-too-high": (BROKEN["lr-far-too-high"][0], {"overfit-tiny", "default-lr"}, r"learning rate.{0,20}too high"),
     "lr-far-too-low": (BROKEN["lr-far-too-low"][0], {"overfit-tiny", "default-lr"}, r"learning rate.{0,20}too low"),
+    "sum-loss-mean-lr": (cm.sum_loss_mean_lr_task, {"overfit-tiny", "batch-size-lr-scaling", "default-lr"},
+                         r"sums over the batch"),
     # initialisation and data scale
     "init-x30": (BROKEN["init-x30"][0], {"initialization"}, r"over-confident"),
     "raw-pixels": (BROKEN["raw-pixels"][0], {"verify-transforms"}, r"unnormalised"),
@@ -48,6 +51,17 @@ CAUSES: dict[str, tuple[Callable[[], Task], set[str], str]] = {
     "heavy-dropout": (cm.heavy_dropout_task, {"overfit-then-regularize", "error-gaps"}, r"regularisation keeps"),
     "huge-weight-decay": (cm.huge_weight_decay_task, {"overfit-then-regularize", "error-gaps"},
                           r"regularisation keeps"),
+    # too good to be true: the label leaks into the inputs
+    "label-column": (cm.label_column_task, {"error-gaps"}, r"gives the label away"),
+    "label-pixel": (cm.label_pixel_task, {"error-gaps"}, r"gives the label away"),
+    "target-column": (cm.target_column_task, {"error-gaps"}, r"gives the label away"),
+    # the data's pairing and splits (Islam 2019, Humbatova 2020: wrong data pairing, leakage between splits)
+    "shuffled-pairing": (cd.shuffled_pairing_task, {"verify-transforms"}, r"changes as much as another item"),
+    "random-label-reads": (cd.random_label_reads_task, {"verify-transforms"}, r"label of an index changes"),
+    "leaked-validation": (cd.leaked_validation_task, {"val-test-match"}, r"copies of train"),
+    # language models that read the tokens they predict (a dropped causal mask; a bidirectional RNN)
+    "unmasked-transformer": (cm.unmasked_transformer_task, {"error-gaps"}, r"sees future tokens"),
+    "bidirectional-lstm": (cm.bidirectional_lstm_task, {"error-gaps"}, r"sees future tokens"),
     # labels
     "random-labels": (BROKEN["random-labels"][0], {"error-gaps", "overfit-then-regularize"},
                       r"labels may be shuffled"),
@@ -59,10 +73,13 @@ CAUSE_HEALTHY: dict[str, Callable[[], Task]] = {
     "shallow-tanh": cm.shallow_tanh_task,  # bounded activations that do not saturate
     "relu-before-linear": HEALTHY["digits-mlp"],  # ReLU hidden layers before a final Linear
     "sum-reduced-loss": HEALTHY["sum-reduced-loss"],  # a sum over items with an LR to match
+    "sum-loss-adam": cm.sum_loss_adam_task,  # a sum over items with Adam, which ignores the gradient's scale
     "causal-transformer": HEALTHY["transformer-lm"],
+    "lstm-lm": cm.lstm_lm_task,  # a unidirectional recurrent language model
     "bce-probabilities": HEALTHY["bce-probabilities"],  # a sigmoid before BCELoss
     "usual-dropout": cm.usual_dropout_task,  # dropout 0.5 between hidden layers
     "mnist-style": HEALTHY["mnist-style"],  # dropout 0.25 and 0.5, log_softmax, Adadelta
+    "augmented-dataset": cd.augmented_dataset_task,  # noise and shifts drawn in __getitem__
 }
 
 

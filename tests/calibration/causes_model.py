@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dltips import Task
-from zoo import _with, digits_mlp, mlp, tabular
+from zoo import TinyTransformerLM, _with, digits_mlp, mlp, sum_loss, tabular
 
 
 def dead_biases_task() -> Task:
@@ -151,3 +151,99 @@ def usual_dropout_task() -> Task:
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 64), nn.ReLU(),
                           nn.Dropout(0.5), nn.Linear(64, 10))
     return _with(digits_mlp(), model=model, name="usual-dropout")
+
+
+def label_column_task() -> Task:
+    """wine with one more input column: the class itself, standardised (a feature computed from the label)."""
+    task = tabular("wine", "classification")
+
+    def with_label(ds):
+        x, y = ds.tensors
+        return torch.utils.data.TensorDataset(torch.cat([x, (y.float().unsqueeze(1) - 1.0)], 1), y)
+
+    torch.manual_seed(0)
+    return _with(task, model=mlp(14, 3), train=with_label(task.train), valid=with_label(task.valid),
+                 test=with_label(task.test), name="label-column")
+
+
+def label_pixel_task() -> Task:
+    """digits whose first pixel (always blank) holds the digit: the label leaks into the image."""
+    task = digits_mlp()
+
+    def marked(ds):
+        x, y = ds.tensors
+        x = x.clone()
+        x[:, 0] = y.float() / 9.0
+        return torch.utils.data.TensorDataset(x, y)
+
+    return _with(task, train=marked(task.train), valid=marked(task.valid), test=marked(task.test), name="label-pixel")
+
+
+def target_column_task() -> Task:
+    """friedman1 with the (standardised) target appended to the inputs, plus noise of 1e-4."""
+    task = tabular("friedman1", "regression")
+
+    def with_target(ds):
+        x, y = ds.tensors
+        noise = 1e-4 * torch.randn(len(y), generator=torch.Generator().manual_seed(0))
+        return torch.utils.data.TensorDataset(torch.cat([x, (y + noise).unsqueeze(1)], 1), y)
+
+    torch.manual_seed(0)
+    return _with(task, model=mlp(11, 1), train=with_target(task.train), valid=with_target(task.valid),
+                 test=with_target(task.test), name="target-column")
+
+
+def sum_loss_mean_lr_task() -> Task:
+    """A loss summed over the batch stepped by SGD at the LR a mean takes (0.05): batch-size times too high
+    (Humbatova: wrong loss reduction; AUTOTRAINER: exploding steps)."""
+    return _with(digits_mlp(), loss=sum_loss, optimizer=lambda p: torch.optim.SGD(p, lr=0.05), name="sum-loss-mean-lr")
+
+
+def sum_loss_adam_task() -> Task:
+    """Healthy: a summed loss with Adam at 1e-3, whose steps do not depend on the gradient's scale."""
+    return _with(digits_mlp(), loss=sum_loss, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), name="sum-loss-adam")
+
+
+class UnmaskedTransformerLM(TinyTransformerLM):
+    """The zoo's Transformer LM with its causal mask dropped: every position attends to the whole window."""
+
+    def forward(self, ids):
+        h = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        return self.head(self.norm(self.blocks(h)))
+
+
+class LSTMLM(nn.Module):
+    """A character LSTM language model; `bidirectional=True` reads each window from both ends (a leak)."""
+
+    def __init__(self, vocab: int, width: int = 64, bidirectional: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.rnn = nn.LSTM(width, width, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(width * (2 if bidirectional else 1), vocab)
+
+    def forward(self, ids):
+        return self.head(self.rnn(self.embed(ids))[0])
+
+
+def _char_lm(model_of_vocab, name: str) -> Task:
+    from dltips.demos.charlm import charlm_data
+
+    vocab, train, valid, test = charlm_data(seq_len=32, max_chars=60_000)
+    torch.manual_seed(0)
+    return Task(model_of_vocab(len(vocab)), train, valid, test, kind="language-model", batch_size=32,
+                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), name=name)
+
+
+def unmasked_transformer_task() -> Task:
+    """A character Transformer without its causal mask (the bug of a forgotten `mask=`/`is_causal=`)."""
+    return _char_lm(lambda v: UnmaskedTransformerLM(v, 32), "unmasked-transformer")
+
+
+def bidirectional_lstm_task() -> Task:
+    """A bidirectional LSTM used as a next-token model: its backward half reads the tokens to predict."""
+    return _char_lm(lambda v: LSTMLM(v, bidirectional=True), "bidirectional-lstm")
+
+
+def lstm_lm_task() -> Task:
+    """Healthy: a unidirectional LSTM language model."""
+    return _char_lm(LSTMLM, "lstm-lm")

@@ -8,6 +8,11 @@ error-gaps warns or fails, the doctor runs cause probes on the untrained model a
   (update-ratio);
 - `dltips.training.output`: a final activation whose range cannot reach the targets or give the loss
   what it expects (initialization);
+- `dltips.data.integrity` and `dltips.data.leakage`, run on the data before any training: an index
+  whose label or input changes from read to read, a feature that gives the label away, items shared
+  between splits; `dltips.nlp.causal`: a language model whose outputs read the tokens they predict;
+- `dltips.training.reduction`: a loss summed over the batch stepped by SGD, whose LR is then the
+  batch size times what a mean would take (batch-size-lr-scaling);
 - `labels_unrelated`, read off the error gaps: a model that fits small batches but whose validation
   error is no better than the baseline's has labels that say nothing about the inputs;
 - `regularisation_underfits`: a model that fits its training data with dropout and weight decay off
@@ -17,7 +22,8 @@ Each probe's problem is reported twice: as a finding of its own tip (so activati
 fails for an all-dead layer even though overfit-tiny failed first and the watched run never ran), and,
 ranked, inside each failing fundamental finding as its "most likely cause", numbers included.
 
-Ranking: a fail before a warn, then CAUSE_ORDER: a structural fault that explains the others (an output
+Ranking: a fail before a warn, then CAUSE_ORDER: a fault in the data comes first (no model can learn
+pairs that change from read to read), then a structural fault that explains the others (an output
 layer that cannot reach the targets, a layer entirely dead: both also leave parameters without gradient)
 comes first, then faults that stop some parameters learning, then those that slow learning.
 """
@@ -25,19 +31,23 @@ comes first, then faults that stop some parameters learning, then those that slo
 from __future__ import annotations
 
 import math
+import re
 
 from torch import nn
 
 from dltips.findings import Finding
 from dltips.task import Task
 
-__all__ = ["FUNDAMENTAL", "attach_causes", "labels_unrelated", "one_voice_on_lr", "rank_causes",
+__all__ = ["CHECK_CAUSES", "FUNDAMENTAL", "attach_causes", "labels_unrelated", "one_voice_on_lr", "rank_causes",
            "regularisation_underfits"]
 
 FUNDAMENTAL = ("initialization", "overfit-tiny", "overfit-then-regularize", "error-gaps")
 FLAGS = ("warn", "fail")
-CAUSE_ORDER = ("output-layer", "dead-layer", "hidden-softmax", "not-optimized", "no-gradient", "vanishing",
-               "labels-unrelated", "regularisation", "frozen", "dead-units", "saturated")
+CHECK_CAUSES = ("unstable-pairing", "target-leak", "causal-leak", "split-overlap")  # named by checks the doctor runs
+CAUSE_ORDER = ("unstable-pairing", "target-leak", "causal-leak", "split-overlap", "output-layer", "sum-reduction", "dead-layer",
+               "hidden-softmax",
+               "not-optimized", "no-gradient", "vanishing", "labels-unrelated", "regularisation", "frozen", "dead-units",
+               "saturated")
 # labels_unrelated: the validation error within this many standard errors of the baseline's (or above it)
 CHANCE_SE = 2.0
 # regularisation_underfits: the short run's training error (dropout and weight decay on) above the capacity
@@ -140,6 +150,13 @@ def one_voice_on_lr(findings: list[Finding]) -> None:
     it elsewhere gets that said; a range test that finds it too high or too low is quoted in the training
     findings that warn or fail.
     """
+    summed = next((f for f in findings if f.evidence.get("cause") == "sum-reduction"), None)
+    if summed is not None:
+        for f in findings:
+            if f.status in FLAGS and f is not summed and re.search(r"\(LR x[0-9.]+\)|raise the (LR|learning rate)",
+                                                                    f"{f.message} {f.fix or ''}"):
+                f.message += (" The loss sums over the batch (batch-size-lr-scaling), so the step is already the batch "
+                              "size times a mean's: lower the learning rate, do not raise it.")
     lr = next((f for f in findings if f.tip == "default-lr" and f.evidence.get("conclusive")), None)
     if lr is None or not lr.evidence.get("comparable", True):
         return

@@ -38,8 +38,8 @@ from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, threads_at_most, to_device, usable_cpus
 from dltips.core.params import ParamError, int_at_least, positive
 from dltips.core.state import rng_kept, training_copy
-from dltips.diagnosis.causes import (FLAGS, FUNDAMENTAL, attach_causes, labels_unrelated, one_voice_on_lr, rank_causes,
-                                    regularisation_underfits)
+from dltips.diagnosis.causes import (CHECK_CAUSES, FLAGS, FUNDAMENTAL, attach_causes, labels_unrelated,
+                                    one_voice_on_lr, rank_causes, regularisation_underfits)
 from dltips.diagnosis.report import Report
 from dltips.findings import Finding, could_not_run, skipped_for_time
 from dltips.task import Task
@@ -116,17 +116,22 @@ class Doctor:
 
     def _run(self, model: torch.nn.Module) -> Report:
         from dltips.data.inputs import check_inputs
+        from dltips.data.integrity import check_stable_pairing
         from dltips.data.invariance import describe_invariances
+        from dltips.data.leakage import check_target_leak
         from dltips.data.resolution import check_image_resolution
+        from dltips.nlp.causal import check_causal_leak
         from dltips.nlp.tying import check_weight_tying
         from dltips.tabular.categoricals import check_categoricals, tabular_data
         from dltips.tabular.embeddings import check_embedding_sizes
         from dltips.tabular.model import check_tabular_mixup
         from dltips.training.init import check_initial_loss
+        from dltips.training.reduction import check_loss_reduction
 
         task = dataclasses.replace(self.task, model=model.to(self.device))
         common = self.common()
         self.step("verify-transforms", lambda: check_inputs(task, **common))
+        self.step("verify-transforms", lambda: check_stable_pairing(task, **common), label="stable-pairing")
         self.step("image-resolution", lambda: check_image_resolution(task, **common))
         if tabular_data(task) is not None:
             self.step("encode-categoricals", lambda: check_categoricals(task, **common))
@@ -134,9 +139,12 @@ class Doctor:
             self.step("mixup", lambda: check_tabular_mixup(task, **common))
         if task.kind == "language-model":
             self.step("weight-tying", lambda: check_weight_tying(task, **common))
+            self.step("error-gaps", lambda: check_causal_leak(task, **common), label="causal-leak")
         if task.augment is not None:
             self.step("augmentation-invariances", lambda: describe_invariances(task.augment))
+        self.step("error-gaps", lambda: check_target_leak(task, **common), label="target-leak")
         self.step("initialization", lambda: check_initial_loss(task, **common))
+        self.step("batch-size-lr-scaling", lambda: check_loss_reduction(task, **common), label="loss-reduction")
         try:
             step_s = self.choose_threads(task)
         except Exception as e:  # the user's training step raises: every training check would too
@@ -152,7 +160,8 @@ class Doctor:
         if not ladder_ok:
             reason = ("Not run: the model cannot overfit a few training examples (see overfit-tiny), so longer "
                       "training would only restate that failure. Fix that first.")
-            found = {c.tip: c for c in reversed(rank_causes(self.causes))}  # the top cause of each tip
+            reported = {id(f) for f in self.findings}
+            found = {c.tip: c for c in reversed(rank_causes(self.causes)) if id(c) not in reported}  # top cause a tip
             for tip in ("default-lr", "overfit-then-regularize", *short_run_tips(task), *MONITOR_TIPS):
                 if self.wanted(tip):
                     self.findings.append(found.pop(tip, None) or Finding(tip, "skip", "Skipped: overfit-tiny failed",
@@ -169,7 +178,7 @@ class Doctor:
         self.regularisation_cause(task)
         if self.flagged():
             self.probe_causes(task)
-            gaps = next((f for f in self.findings if f.tip == "error-gaps" and f.status in FLAGS), None)
+            gaps = next((f for f in self.findings if _is_gaps(f) and f.status in FLAGS), None)
             unrelated = labels_unrelated(gaps, ladder_passed=True)
             if unrelated is not None:
                 self.causes.append(unrelated)
@@ -180,7 +189,7 @@ class Doctor:
 
     def regularisation_cause(self, task: Task) -> None:
         """Replace the capacity finding by its cause when the Task's regularisation is what stops the fit."""
-        gaps = next((f for f in self.findings if f.tip == "error-gaps"), None)
+        gaps = next((f for f in self.findings if _is_gaps(f)), None)
         capacity = next((i for i, f in enumerate(self.findings) if f.tip == "overfit-then-regularize"
                          and f.status in ("pass", "info")), None)
         if capacity is None or labels_unrelated(gaps, ladder_passed=True) is not None:
@@ -202,13 +211,19 @@ class Doctor:
         self.probed = True
         from dltips.monitor.probe import layer_findings, probe_layers
         from dltips.training.output import check_output_layer
+        from dltips.training.reduction import sum_reduction_cause
 
         self.say("cause probes ...")
         start = time.perf_counter()
         for probe in (lambda: layer_findings(probe_layers(task, seed=self.seed)),
-                      lambda: check_output_layer(task, seed=self.seed)):
+                      lambda: check_output_layer(task, seed=self.seed),
+                      lambda: [f for f in [sum_reduction_cause(task)] if f is not None]):
             try:
-                self.causes.extend(f for f in probe() if f.status in FLAGS)
+                found = [f for f in probe() if f.status in FLAGS]
+                self.causes.extend(found)
+                if any(f.evidence.get("cause") == "sum-reduction" for f in found):  # the cause replaces the info
+                    self.findings = [f for f in self.findings if not (f.tip == "batch-size-lr-scaling"
+                                                                      and f.evidence.get("reduction") == "sum")]
             except Exception:
                 if self.debug:
                     raise
@@ -264,8 +279,10 @@ class Doctor:
 
     def finish(self, task: Task) -> Report:
         """The checks that need no trained model and come last, then the report."""
+        from dltips.data.integrity import check_split_overlap
         from dltips.data.shift import check_val_test_match
 
+        self.step("val-test-match", lambda: check_split_overlap(task, **self.common()), label="split-overlap")
         self.step("val-test-match", lambda: check_val_test_match(task, **self.common()))
         attach_causes(self.findings, self.causes)
         one_voice_on_lr(self.findings)
@@ -290,6 +307,7 @@ class Doctor:
             found = [could_not_run(tip, e)]
         self.timings[label] = time.perf_counter() - start
         self.findings.extend(found)
+        self.causes.extend(f for f in found if f.status in FLAGS and f.evidence.get("cause") in CHECK_CAUSES)
         return found
 
     def overfit_ladder(self, task: Task, max_steps: int, deadline: Deadline) -> bool:
@@ -428,6 +446,11 @@ def doctor(
     """
     return Doctor(task, budget_s, seed, device, set(only) if only is not None else None, set(skip or ()),
                   progress, debug).run()
+
+
+def _is_gaps(finding: Finding) -> bool:
+    """The error-gaps check's own finding (the target-leak check reports under the same tip)."""
+    return finding.tip == "error-gaps" and "errors" in finding.evidence
 
 
 def short_run_steps(task: Task) -> int:
