@@ -212,16 +212,14 @@ def _process_group() -> Iterator[tuple[int, int]]:
     Outside torchrun this is (0, 1) and nothing is joined. Holding the group here,
     not inside `fit`, keeps it open for the report built after training.
     """
-    import torch.distributed as dist
-
-    from dltips.training.fit import init_distributed
+    from dltips.training.fit import init_distributed, leave_distributed
 
     rank, world_size, owns_group = init_distributed()
     try:
         yield rank, world_size
     finally:
         if owns_group:
-            dist.destroy_process_group()
+            leave_distributed()
 
 
 def _run_doctor(args: argparse.Namespace) -> int:

@@ -296,6 +296,8 @@ def test_fit_under_torchrun_with_two_processes(tmp_path):
     for a, b in zip(r0["weights"], r1["weights"]):
         assert torch.equal(a, b)
     assert os.listdir(tmp_path / "ckpt") == ["last.pt"]  # rank 0 alone wrote a checkpoint
+    for r in (r0, r1):  # fit left the group it joined, and nothing it made keeps a DDP wrapper (and the group) alive
+        assert r["group_left"] and r["wrappers_alive"] == 0 and r["findings"] > 0
 
     # the same steps in one process: each global batch is the union of both ranks' batches
     import ddp_fit_script as script

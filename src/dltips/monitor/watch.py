@@ -181,6 +181,8 @@ class Watch(Callback):
         self.flush()
         for sink in self.sinks:
             sink.close()
+        if isinstance(self.model, DistributedDataParallel):
+            self.model = self.model.module  # the wrapper holds the process group: do not keep it alive past training
 
     def _watched_layers(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
         chosen = []

@@ -12,6 +12,7 @@ rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import time
@@ -166,7 +167,8 @@ def fit(
         raise
     finally:
         if run.owns_group:
-            dist.destroy_process_group()
+            run.state.model = run.accumulator.model = run.model  # no reference to the DDP wrapper outlives fit
+            leave_distributed()
     return FitResult(state.history, state.step, time.perf_counter() - start, run.precision.skipped_steps)
 
 
@@ -423,6 +425,18 @@ def init_distributed() -> tuple[int, int, bool]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
     return 0, 1, False
+
+
+def leave_distributed() -> None:
+    """Destroy the process group while Python is fully alive.
+
+    A DistributedDataParallel wrapper holds the group; if the last one is only
+    freed at interpreter exit (a reference cycle, a callback that kept it), gloo's
+    worker threads can abort the process ("terminate called without an active
+    exception"). Collecting first frees every wrapper nobody still uses.
+    """
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _seed_everything(seed: int) -> None:
