@@ -323,8 +323,11 @@ def test_parameters_outside_the_optimizer_and_without_gradient_are_named():
             optimizer.zero_grad()
     assert w.not_in_optimizer == ["late.weight", "late.bias"]
     assert w.no_gradient == {"unused.weight", "unused.bias"}
-    finding = next(f for f in w.findings() if f.tip == "update-ratio")
+    findings = w.findings()
+    finding = next(f for f in findings if f.tip == "update-ratio" and "cause" not in f.evidence)
     assert finding.status == "warn" and "late.weight" in finding.message and "unused.weight" in finding.message
+    named = next(f for f in findings if f.evidence.get("cause") == "no-gradient")
+    assert named.status == "warn" and named.evidence["parameters"] == ["unused.bias", "unused.weight"]
 
 
 def test_a_loop_that_never_steps_fails_update_ratio():

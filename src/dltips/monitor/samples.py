@@ -64,6 +64,7 @@ class WatchedRun(Protocol):
     no_gradient: set[str]
     shapes: dict[str, tuple[int, ...]]
     layer_types: dict[str, str]
+    loop: Any  # dltips.monitor.loop.LoopRecord
 
     @property
     def first_nonfinite_loss_step(self) -> int | None:

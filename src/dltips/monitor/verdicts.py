@@ -44,7 +44,10 @@ MAX_PANELS = 12
 
 def watch_findings(watch: WatchedRun) -> list[Finding]:
     """The monitors' verdicts on one run, in the order a reader wants them."""
+    from dltips.monitor.loop import loop_findings
+
     findings = nonfinite_findings(watch)
+    findings.extend(loop_findings(watch))  # named loop bugs come before the statistics they explain
     findings.append(activation_finding(watch))
     findings.append(update_ratio_finding(watch))
     return findings

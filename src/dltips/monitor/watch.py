@@ -39,6 +39,7 @@ from dltips.core.callbacks import Callback
 from dltips.core.params import ParamError, instance, int_at_least
 from dltips.findings import Finding
 from dltips.monitor import stats
+from dltips.monitor.loop import MODE_DEPENDENT, LoopRecord
 from dltips.monitor.samples import Sample, rebin
 from dltips.monitor.sinks import resolve_sinks
 from dltips.monitor.verdicts import watch_findings
@@ -48,6 +49,7 @@ DEFAULT_BINS = 32
 MAX_VALUES = 1 << 14
 MAX_SAMPLES = 256
 MAX_LOGGED = 256  # logged values per name kept before they are folded into a sum
+PROBE_PARAMETERS = 4  # parameters whose gradients the loop checks read
 
 _UNITS_LAST = (nn.Linear, nn.Embedding, nn.Bilinear, nn.LayerNorm, nn.MultiheadAttention)
 
@@ -61,6 +63,7 @@ class _Pending:
     gradients: dict[str, torch.Tensor]
     updates: dict[str, torch.Tensor]  # parameter -> [norm(update), norm(weights)]
     scalars: dict[str, torch.Tensor]
+    checks: dict[str, torch.Tensor]  # the loop's checks (dltips.monitor.loop): name -> 0 or 1
 
 
 class Watch(Callback):
@@ -129,6 +132,12 @@ class Watch(Callback):
         self.not_in_optimizer: list[str] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.layer_types: dict[str, str] = {}  # watched layer -> its class name, for the reports
+        self.loop = LoopRecord()
+        self._probed: set[int] = set()  # probe parameters whose first backward of this step was checked
+        self._backward_seen = False
+        self._carried: torch.Tensor | None = None
+        self._checks: dict[str, torch.Tensor] = {}
+        self._probe_params: list[torch.Tensor] = []
 
     def __enter__(self) -> Watch:
         self.attach()
@@ -164,6 +173,11 @@ class Watch(Callback):
             self._params = [p for group in self.optimizer.param_groups for p in group["params"] if p in self._names]
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
             self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
+            self._probe_params = _probe_parameters(self._params)
+            for i, p in enumerate(self._probe_params):
+                self._handles.append(p.register_hook(functools.partial(self._on_probe_gradient, i)))
+        self.loop.mode_matters = any(isinstance(m, MODE_DEPENDENT) and getattr(m, "p", 1.0) != 0
+                                     for m in module.modules())
         self._handles.append(module.register_forward_pre_hook(self._on_model_forward))
         self._handles.append(module.register_forward_hook(self._on_model_output))
         layers = self._watched_layers(module)
@@ -244,13 +258,28 @@ class Watch(Callback):
         elif isinstance(layer, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
             self._units_last = False
 
+    def _on_probe_gradient(self, index: int, grad: torch.Tensor) -> None:
+        """A probe parameter's gradient arrives, before it is added to `.grad`: on the first backward of a
+        sampled step, whatever `.grad` still holds was left there by the previous step."""
+        self._backward_seen = True
+        if not self._armed or index in self._probed or self.optimizer is None:
+            return
+        self._probed.add(index)
+        held = self._probe_params[index].grad
+        if held is not None:
+            with torch.no_grad():
+                left = (held != 0).any()
+            self._carried = left if self._carried is None else self._carried | left
+
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
-        """Copy the weights (a subsample) and measure the gradients, once they exist.
+        """Read the loop's state (train mode, LR); on a sampled step copy the weights (a subsample) and
+        measure the gradients, once they exist.
 
         `optimizer.step(closure)` (Lightning, LBFGS) runs the forward and backward
         inside `step`, after this hook: the closure is then wrapped so that the
         gradients are measured right after its first call, not the stale ones now.
         """
+        self.loop.on_step(self.step, self._module.training, optimizer.param_groups[0]["lr"])
         if not self._armed:
             return None
         with torch.no_grad():
@@ -259,6 +288,7 @@ class Watch(Callback):
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
         if not callable(closure):
             self._measure_gradients()
+            self._check_step_gradients()
             return None
         measured = False
 
@@ -268,6 +298,7 @@ class Watch(Callback):
             if not measured:
                 measured = True
                 self._measure_gradients()
+                self._check_step_gradients()
             return loss
 
         if "closure" in kwargs:
@@ -281,6 +312,18 @@ class Watch(Callback):
                 self.no_gradient.add(self._names[p])
             elif not p.grad.is_sparse:
                 self._grads[self._names[p]] = stats.gradient_row(p.grad, self.bins, self.max_values)
+
+    @torch.no_grad()
+    def _check_step_gradients(self) -> None:
+        """After a backward, the gradients the step is about to use: all None or zero means they were zeroed
+        between `backward` and `step`."""
+        if not self._backward_seen:
+            return
+        held = [(p.grad != 0).any() for p in self._probe_params if p.grad is not None]
+        self._checks["zeroed"] = ~torch.stack(held).any() if held else torch.tensor(True, device=self._device)
+        if self._probed:
+            self._checks["carried"] = (self._carried if self._carried is not None
+                                       else torch.tensor(False, device=self._device))
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.optimizer_steps += 1
@@ -296,8 +339,10 @@ class Watch(Callback):
                         after = stats.subsample(p.detach(), self.max_values)
                         change = torch.linalg.vector_norm((after - before).float())
                         updates[self._names[p]] = torch.stack([change, torch.linalg.vector_norm(before.float())])
-            self._pending.append(_Pending(self._forward_step, self._acts, self._grads, updates, self._take_scalars()))
-            self._acts, self._grads, self._before = {}, {}, None
+            self._pending.append(_Pending(self._forward_step, self._acts, self._grads, updates, self._take_scalars(),
+                                          self._checks))
+            self._acts, self._grads, self._before, self._checks = {}, {}, None, {}
+        self._probed, self._backward_seen, self._carried = set(), False, None
         self.step += 1
         self._forwards = 0
         self._armed = self.step % self.every == 0
@@ -389,6 +434,8 @@ class Watch(Callback):
                 sample.weight_norms[name] = float(norm)
             for name in item.scalars:
                 sample.scalars[name] = float(np.mean(take(1)))
+            for name in item.checks:
+                self.loop.add_check(name, item.step, bool(take(1)[0][0]))
             self._keep(sample)
         self._check_losses()
 
@@ -496,7 +543,16 @@ def watch(
 
 
 def _groups(item: _Pending) -> tuple[dict[str, torch.Tensor], ...]:
-    return item.activations, item.gradients, item.updates, item.scalars
+    return item.activations, item.gradients, item.updates, item.scalars, item.checks
+
+
+def _probe_parameters(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Up to PROBE_PARAMETERS of the optimizer's parameters (the first and the last ones) whose gradients the
+    loop checks watch: a forgotten `zero_grad` leaves every parameter's gradient in place, so a few suffice."""
+    if len(params) <= PROBE_PARAMETERS:
+        return list(params)
+    half = PROBE_PARAMETERS // 2
+    return list(params[:half]) + list(params[-(PROBE_PARAMETERS - half):])
 
 
 def _merge_activation_rows(rows: list[np.ndarray], bins: int) -> np.ndarray:
