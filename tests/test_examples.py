@@ -46,3 +46,13 @@ def test_torchrun_fit_runs_as_one_process_under_plain_python(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("1 process(es): 184 optimizer steps")  # twice the steps of each of 2 ranks
     assert "WARN" not in proc.stdout and "FAIL" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_own_step_the_doctor_passes_the_nanogpt_step_and_fails_it_without_zero_grad(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "own_step.py")], capture_output=True, text=True,
+                          timeout=300, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    healthy, buggy = proc.stdout.split("own-step-without-zero-grad:\n")
+    assert healthy.splitlines()[1:] == ["  no warning, no failure"]
+    assert "FAIL  gradient-accumulation: optimizer.zero_grad() is missing" in buggy

@@ -18,7 +18,7 @@ def test_a_valid_task_infers_n_classes_and_summarises():
     task = Task(nn.Linear(4, 3), data(), data(8))
     assert task.n_classes == 3
     assert task.summary() == {"name": "task", "kind": "classification", "n_classes": 3, "n_params": 15,
-                              "n_train": 20, "n_valid": 8, "n_test": 0}
+                              "n_train": 20, "n_valid": 8, "n_test": 0, "own_step": False}
 
 
 @pytest.mark.parametrize("kwargs, field, words", [

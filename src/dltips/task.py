@@ -7,10 +7,11 @@ shape instead of as a deep traceback in the middle of training.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from dltips.core.device import model_device, to_device
-from dltips.core.state import eval_mode
+from dltips.core.state import eval_mode, rng_kept, training_copy
 
 KINDS = ("classification", "binary", "multilabel", "regression", "language-model")
 IGNORE_INDEX = -100  # targets equal to this are not counted (torch's cross_entropy default)
@@ -42,6 +43,12 @@ class Task:
     (or a dict of tensors, handed to the model as one argument) and `y` a tensor
     or a number. `n_classes` is the number of classes (the vocabulary size for a
     language model); left as None it is read from the model's output.
+
+    `step`, optional, is the user's own training step, `step(model, batch, optimizer) -> loss`: the
+    forward pass, `loss.backward()` and `optimizer.step()` (with the user's zero_grad, regularisers,
+    clipping and accumulation over micro-batches of `batch`), for one optimizer step. When given,
+    every training dltips does on the Task runs it (see dltips.training.step); `loss` stays what
+    dltips evaluates with. `validate` (when the Task is built, and in `fit`) runs it once on a copy.
     """
 
     model: nn.Module
@@ -55,6 +62,7 @@ class Task:
     optimizer: Callable | None = None
     augment: Callable | None = None
     name: str = "task"
+    step: Callable | None = None
 
     # set by validate(): the convention of the model's outputs (see `output_form`)
     output_form: str = field(default="logits", init=False, repr=False, compare=False)
@@ -72,7 +80,7 @@ class Task:
             raise TaskError("batch_size", repr(self.batch_size), "a positive int")
         if not isinstance(self.name, str) or not self.name:
             raise TaskError("name", repr(self.name), "a non-empty string")
-        for name in ("loss", "optimizer", "augment"):
+        for name in ("loss", "optimizer", "augment", "step"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TaskError(name, type(value).__name__, "a callable or None")
@@ -91,6 +99,8 @@ class Task:
                 _check_labels(split, getattr(self, split), self.kind, self.n_classes)
         _check_loss(self.loss_fn, output, y)
         self.output_form = output_form(self.kind, output, y, self.loss_fn)
+        if self.step is not None:
+            _check_step(self)
 
     @property
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -106,6 +116,7 @@ class Task:
             "n_train": len(self.train),
             "n_valid": len(self.valid),
             "n_test": len(self.test) if self.test is not None else 0,
+            "own_step": self.step is not None,
         }
 
 
@@ -363,3 +374,82 @@ def _pairs_every_output_with_every_target(loss_fn: Callable, output: torch.Tenso
                 return False
         grads.append(grad[0])
     return not torch.allclose(grads[0], grads[1])
+
+
+# ---------------------------------------------------------------------- the Task's own training step
+
+
+def as_loss(value: Any) -> torch.Tensor:
+    """A step's returned loss (a one-element tensor or a number) as a detached scalar tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.detach().reshape(())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    found = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    raise TypeError(f"the training step returned {found}; expected the loss, a scalar tensor or a float")
+
+
+@contextlib.contextmanager
+def gradients_seen(params: list[nn.Parameter]) -> Iterator[set[int]]:
+    """The indices of `params` that a backward inside the block sent a non-zero gradient to.
+
+    Read by tensor hooks as the gradient is computed, so it holds also when the step zeroes `.grad`
+    after `optimizer.step()`.
+    """
+    reached: set[int] = set()
+
+    def hook(i: int) -> Callable[[torch.Tensor], None]:
+        def record(grad: torch.Tensor) -> None:
+            if bool(grad.ne(0).any()):
+                reached.add(i)
+        return record
+
+    handles = [p.register_hook(hook(i)) for i, p in enumerate(params)]
+    try:
+        yield reached
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_step(task: Task, batch_items: int = 32) -> None:
+    """Run `task.step` once on a training copy; raise TaskError naming what it did not do.
+
+    The step must return a scalar loss, send a gradient to the model's parameters (call
+    `loss.backward()`) and call `optimizer.step()` on the optimizer it is given: the Task's, or
+    AdamW at torch's default LR. It runs on the first `min(batch_size, batch_items)` training items;
+    the model, its gradients and the random generators are left as they were.
+    """
+    n = min(task.batch_size, batch_items, len(task.train))
+    batch = default_collate([task.train[i] for i in range(n)])
+    with rng_kept(), training_copy(task.model) as model:
+        batch = to_device(batch, model_device(model))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = task.optimizer(model.parameters()) if task.optimizer is not None \
+            else torch.optim.AdamW(model.parameters())
+        stepped: list[int] = []
+        handle = optimizer.register_step_post_hook(lambda *_: stepped.append(1))
+        model.train()
+        try:
+            with gradients_seen(params) as reached:
+                value = task.step(model, batch, optimizer)
+        except Exception as e:
+            raise TaskError("step", f"an error on a training batch of {n} items: {type(e).__name__}: {e}",
+                            "a step(model, batch, optimizer) that trains on a batch (x, y) of the Task's "
+                            "training data") from e
+        finally:
+            handle.remove()
+    try:
+        as_loss(value)
+    except TypeError:
+        found = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) \
+            else f"a value of type {type(value).__name__}"
+        raise TaskError("step", f"a step that returned {found}",
+                        "a step that returns its loss (a scalar tensor or a float)") from None
+    if params and not reached:
+        raise TaskError("step", "a step that sent no gradient to the model's parameters",
+                        "a step that calls loss.backward() on a loss computed from model(x)")
+    if not stepped:
+        raise TaskError("step", "a step that did not call optimizer.step() on the optimizer it was given",
+                        "a step that updates the model with the optimizer it receives (built from "
+                        "Task.optimizer, or AdamW when the Task has none)")

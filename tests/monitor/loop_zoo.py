@@ -14,8 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from dltips import watch
+from dltips import Task, watch
 from dltips.demos.digits import load_digits_tensors
 
 STEPS = 160
@@ -170,4 +171,75 @@ for arch in ARCHITECTURES:
         f"clip-at-1-{arch}": lambda a=arch: run(a, clip=1.0),
         f"amp-grad-scaler-{arch}": lambda a=arch: run(a, scaler=True),
         f"eval-then-train-{arch}": lambda a=arch: run(a, eval_at=20),
+    })
+
+
+# ---------------------------------------------------------------------- the same loops as a Task's own step
+
+def own_step(*, zero: str = "before-backward", clip: float | None = None, accumulate: int = 1, eval_mode: bool = False,
+             set_to_none: bool = True) -> Callable:
+    """`run`'s loop body as a `Task.step(model, batch, optimizer)`: the doctor trains with it. `accumulate` splits
+    the batch into that many micro-batches; `eval_mode` puts the model in eval mode first (the bug)."""
+    def step(model, batch, optimizer):
+        x, y = batch
+        if eval_mode:
+            model.eval()
+        total = 0.0
+        for micro, (mx, my) in enumerate(zip(x.chunk(accumulate), y.chunk(accumulate))):
+            if zero == "before-backward" and micro == 0:
+                optimizer.zero_grad(set_to_none=set_to_none)
+            loss = F.cross_entropy(model(mx), my) / accumulate
+            if zero == "after-forward" and micro == 0:
+                optimizer.zero_grad(set_to_none=set_to_none)
+            loss.backward()
+            total += float(loss.detach())
+        if zero == "between":
+            optimizer.zero_grad(set_to_none=set_to_none)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if zero == "after-step":
+            optimizer.zero_grad(set_to_none=set_to_none)
+        return total
+    return step
+
+
+def step_task(arch: str, step: Callable, *, optimizer: Callable | None = None, detach: bool = False) -> Task:
+    """The digits (300 held out) with `arch` and the Task's own `step`; AdamW at 1e-3 unless `optimizer`."""
+    x, y = digits()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    train, valid = order[300:], order[:300]
+    torch.manual_seed(0)
+    model = Detached(ARCHITECTURES[arch]()) if detach else ARCHITECTURES[arch]()
+    return Task(model, TensorDataset(x[train], y[train]), TensorDataset(x[valid], y[valid]), batch_size=BATCH,
+                optimizer=optimizer or (lambda p: torch.optim.AdamW(p, lr=1e-3)), step=step, name=f"own-step-{arch}")
+
+
+def _sgd(lr: float, momentum: float = 0.0) -> Callable:
+    return lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum)
+
+
+# name -> (Task factory, the tips one of which must warn or fail, the words that name the cause): for dltips.doctor
+STEP_BROKEN: dict[str, tuple[Callable, set[str], str]] = {}
+STEP_HEALTHY: dict[str, Callable] = {}
+for arch in ARCHITECTURES:
+    STEP_BROKEN.update({
+        f"no-zero-grad-{arch}": (lambda a=arch: step_task(a, own_step(zero="never")), {"gradient-accumulation"},
+                                 r"zero_grad\(\) is missing"),
+        f"zero-grad-between-{arch}": (lambda a=arch: step_task(a, own_step(zero="between")), {"update-ratio"},
+                                      r"zeroed between backward\(\) and step\(\)"),
+        f"eval-mode-{arch}": (lambda a=arch: step_task(a, own_step(eval_mode=True)), {"activation-gradient-stats"},
+                              r"eval mode"),
+        f"detached-{arch}": (lambda a=arch: step_task(a, own_step(), detach=True), {"update-ratio"},
+                             r"no gradient reache"),
+        f"clip-too-low-{arch}": (lambda a=arch: step_task(a, own_step(clip=1e-3), optimizer=_sgd(0.1)),
+                                 {"activation-gradient-stats"}, r"clipping sets every update"),
+    })
+    STEP_HEALTHY.update({
+        f"adamw-{arch}": lambda a=arch: step_task(a, own_step()),
+        f"sgd-momentum-{arch}": lambda a=arch: step_task(a, own_step(), optimizer=_sgd(0.05, 0.9)),
+        f"accumulation-{arch}": lambda a=arch: step_task(a, own_step(accumulate=4, zero="after-step")),
+        f"zero-after-forward-{arch}": lambda a=arch: step_task(a, own_step(zero="after-forward")),
+        f"set-to-none-false-{arch}": lambda a=arch: step_task(a, own_step(set_to_none=False)),
+        f"clip-at-1-{arch}": lambda a=arch: step_task(a, own_step(clip=1.0)),
     })

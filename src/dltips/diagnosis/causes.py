@@ -22,8 +22,12 @@ Each probe's problem is reported twice: as a finding of its own tip (so activati
 fails for an all-dead layer even though overfit-tiny failed first and the watched run never ran), and,
 ranked, inside each failing fundamental finding as its "most likely cause", numbers included.
 
+A bug in the user's own training step (`Task.step`) that the watch on the failing rung of the overfit
+ladder names (dltips.monitor.loop: a zero_grad missing or misplaced, training in eval mode, ...) is a
+cause too.
+
 Ranking: a fail before a warn, then CAUSE_ORDER: a fault in the data comes first (no model can learn
-pairs that change from read to read), then a structural fault that explains the others (an output
+pairs that change from read to read), then a bug of the training loop, then a structural fault that explains the others (an output
 layer that cannot reach the targets, a layer entirely dead: both also leave parameters without gradient)
 comes first, then faults that stop some parameters learning, then those that slow learning.
 """
@@ -36,6 +40,7 @@ import re
 from torch import nn
 
 from dltips.findings import Finding
+from dltips.monitor.loop import LOOP_CAUSES
 from dltips.task import Task
 
 __all__ = ["CHECK_CAUSES", "FUNDAMENTAL", "attach_causes", "labels_unrelated", "one_voice_on_lr", "rank_causes",
@@ -44,8 +49,8 @@ __all__ = ["CHECK_CAUSES", "FUNDAMENTAL", "attach_causes", "labels_unrelated", "
 FUNDAMENTAL = ("initialization", "overfit-tiny", "overfit-then-regularize", "error-gaps")
 FLAGS = ("warn", "fail")
 CHECK_CAUSES = ("unstable-pairing", "target-leak", "causal-leak", "split-overlap")  # named by checks the doctor runs
-CAUSE_ORDER = ("unstable-pairing", "target-leak", "causal-leak", "split-overlap", "output-layer", "sum-reduction", "dead-layer",
-               "hidden-softmax",
+CAUSE_ORDER = ("unstable-pairing", "target-leak", "causal-leak", "split-overlap", *LOOP_CAUSES, "output-layer",
+               "sum-reduction", "dead-layer", "hidden-softmax",
                "not-optimized", "no-gradient", "vanishing", "labels-unrelated", "regularisation", "frozen", "dead-units",
                "saturated")
 # labels_unrelated: the validation error within this many standard errors of the baseline's (or above it)
@@ -77,9 +82,11 @@ def attach_causes(findings: list[Finding], causes: list[Finding]) -> None:
                                  "message": c.message} for c in ranked]
         top = ranked[0]
         others = "; ".join(f"{c.title.lower()} ({c.tip})" for c in ranked[1:])
-        f.message += (f" Most likely cause ({top.tip}): {top.title}. {top.message}"
+        told = top.message in f.message  # the check quoted it already (the overfit ladder quotes its monitors)
+        f.message += (f" Most likely cause ({top.tip}): {top.title}." + ("" if told else f" {top.message}")
                       + (f" Also seen: {others}." if others else ""))
-        f.fix = " ".join(part for part in (top.fix, f.fix) if part)
+        if top.fix and top.fix not in (f.fix or ""):
+            f.fix = " ".join(part for part in (top.fix, f.fix) if part)
 
 
 def labels_unrelated(gaps: Finding | None, ladder_passed: bool) -> Finding | None:

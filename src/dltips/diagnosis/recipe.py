@@ -42,8 +42,10 @@ from dltips.diagnosis.causes import (CHECK_CAUSES, FLAGS, FUNDAMENTAL, attach_ca
                                     one_voice_on_lr, rank_causes, regularisation_underfits)
 from dltips.diagnosis.report import Report
 from dltips.findings import Finding, could_not_run, skipped_for_time
+from dltips.monitor.loop import LOOP_CAUSES
 from dltips.task import Task
 from dltips.training.lr import make_optimizer
+from dltips.training.step import take_step
 
 # The plan of each training check is fixed by the task, never by the clock: the budget only decides whether a
 # check runs to the end of its plan, and a check that cannot says `skip` with the time it needs.
@@ -194,6 +196,8 @@ class Doctor:
                          and f.status in ("pass", "info")), None)
         if capacity is None or labels_unrelated(gaps, ladder_passed=True) is not None:
             return  # labels at chance: the short run cannot fit them in its steps, whatever the regularisation
+        if any(f.status == "fail" and f.evidence.get("cause") in LOOP_CAUSES for f in self.findings):
+            return  # a bug of the Task's own step trains both runs: the gap between them is not the regularisation's
         cause = regularisation_underfits(task, gaps, self.findings[capacity])
         if cause is not None:
             self.findings[capacity] = cause
@@ -315,7 +319,11 @@ class Doctor:
 
         found = self.step("overfit-tiny", lambda: check_overfit_tiny(
             task, **{**self.common(), "deadline": deadline}, max_steps=max_steps))
-        return not any(f.status == "fail" for f in found)
+        failed = [f for f in found if f.status == "fail"]
+        for f in failed:  # a bug of the Task's own step, named by the watch on the failing rung, is a cause
+            monitors = (Finding.from_dict(m) for m in f.evidence.get("monitors", []))
+            self.causes.extend(m for m in monitors if m.evidence.get("cause") in LOOP_CAUSES)
+        return not failed
 
     def lr_check(self, task: Task, deadline: Deadline) -> None:
         from dltips.training.lr_check import check_lr
@@ -470,13 +478,11 @@ def _seconds_per_step(task: Task, device: torch.device, repeats: int = 3) -> flo
         model.to(device).train()
         optimizer = make_optimizer(task, model)
         x, y = next(iter(DataLoader(task.train, batch_size=task.batch_size, shuffle=False)))
-        x, y = to_device(x, device), y.to(device)
+        batch = to_device(x, device), y.to(device)
         times = []
         for _ in range(repeats + 1):
             start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            task.loss_fn(model(x), y).backward()
-            optimizer.step()
+            take_step(model, batch, optimizer, task.loss_fn, task.step)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)

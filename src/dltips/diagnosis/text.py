@@ -111,7 +111,9 @@ def task_facts(task: dict) -> list[tuple[str, str]]:
              if isinstance(task.get(f"n_{split}"), int)]
     if sizes:
         facts.append(("examples", ", ".join(sizes)))
-    known = {"name", "kind", "n_classes", "n_params", "n_train", "n_valid", "n_test"}
+    if task.get("own_step") is True:
+        facts.append(("training step", "the Task's own"))
+    known = {"name", "kind", "n_classes", "n_params", "n_train", "n_valid", "n_test", "own_step"}
     facts += [(str(k), compact(v)) for k, v in task.items() if k not in known]
     return facts
 

@@ -34,7 +34,11 @@ from torch import nn
 
 from dltips.findings import Finding
 
-__all__ = ["LoopRecord", "MODE_DEPENDENT", "loop_findings"]
+__all__ = ["LOOP_CAUSES", "LoopRecord", "MODE_DEPENDENT", "loop_findings"]
+
+# the causes the loop's findings name, in the order the doctor ranks them (dltips.diagnosis.causes)
+LOOP_CAUSES = ("zeroed-before-step", "zero-grad-missing", "eval-mode-training", "lr-collapse", "growing-gradients",
+               "clipping-dominates")
 
 # modules whose training and eval behaviour differ (dropout with p = 0 does not count)
 MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)

@@ -47,9 +47,11 @@ def watch_findings(watch: WatchedRun) -> list[Finding]:
     from dltips.monitor.loop import loop_findings
 
     findings = nonfinite_findings(watch)
-    findings.extend(loop_findings(watch))  # named loop bugs come before the statistics they explain
+    loop = loop_findings(watch)
+    findings.extend(loop)  # named loop bugs come before the statistics they explain
     findings.append(activation_finding(watch))
-    findings.append(update_ratio_finding(watch))
+    if not any(f.evidence.get("cause") == "zeroed-before-step" for f in loop):
+        findings.append(update_ratio_finding(watch))  # else every ratio is 0 because of it, and "no gradient" false
     return findings
 
 

@@ -31,6 +31,7 @@ from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate
 from dltips.task import Task, as_logits
 from dltips.training.lr import make_optimizer
 from dltips.training.overfit import switch_off_regularisation
+from dltips.training.step import take_step
 
 __all__ = ["check_capacity"]
 
@@ -108,11 +109,7 @@ def _fit_subset(task: Task, original: nn.Module, max_items: int, max_steps: int,
         loss_fn = task.loss_fn
         for x, y in _forever(Subset(task.train, indices), batch_size, generator):
             model.train()
-            x, y = to_device(x, device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
+            take_step(model, (to_device(x, device), y.to(device)), optimizer, loss_fn, task.step)
             steps += 1
             out_of_time = deadline is not None and deadline.expired()
             if steps % every == 0 or steps == max_steps or out_of_time:

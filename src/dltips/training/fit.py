@@ -45,6 +45,7 @@ from dltips.training.lr import make_optimizer
 from dltips.training.mixup import Mixup
 from dltips.training.precision import MixedPrecision
 from dltips.training.schedule import OneCycle
+from dltips.training.step import take_step
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -145,7 +146,7 @@ def fit(
     """
     recipe = recipe if recipe is not None else Recipe()
     epochs, checkpoint_every, max_steps, sync_every = _check_fit_args(
-        epochs, recipe, checkpoint_every, max_steps, sync_every)
+        task, epochs, recipe, checkpoint_every, max_steps, sync_every)
     task.validate()
     run = _setup(task, epochs, recipe, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
                  checkpoint_every=checkpoint_every, max_steps=max_steps, device=device, seed=seed,
@@ -269,11 +270,15 @@ def _train_epoch(run: _Run) -> None:
     for cb in run.callbacks:
         cb.on_epoch_start(state)
     for x, y in loader:
-        _train_micro_batch(run, x, y)
-        if run.accumulator.stepped:
-            _end_step(run)
-            if state.stop:
-                break
+        if task.step is not None:
+            _train_own_step(run, x, y)
+        else:
+            _train_micro_batch(run, x, y)
+            if not run.accumulator.stepped:
+                continue
+        _end_step(run)
+        if state.stop:
+            break
 
 
 def _train_micro_batch(run: _Run, x: Any, y: torch.Tensor) -> None:
@@ -291,7 +296,22 @@ def _train_micro_batch(run: _Run, x: Any, y: torch.Tensor) -> None:
         with run.precision.autocast():
             loss = task.loss_fn(state.model(x), target)
         run.accumulator.backward(loss * n)
-    loss = loss.detach().float()
+    _count_loss(run, loss.detach().float(), n)
+
+
+def _train_own_step(run: _Run, x: Any, y: torch.Tensor) -> None:
+    """One optimizer step by the Task's own `step` on the (augmented) batch; sum the loss it returned."""
+    state, task = run.state, run.state.task
+    x, y = to_device(x, state.device, non_blocking=True), y.to(state.device, non_blocking=True)
+    if task.augment is not None:
+        x = task.augment(x)
+    loss = take_step(state.model, (x, y), state.optimizer, task.loss_fn, task.step)
+    _count_loss(run, loss.float().to(run.loss_sum.device), count_items(task.kind, y))
+
+
+def _count_loss(run: _Run, loss: torch.Tensor, n: int | torch.Tensor) -> None:
+    """Add a batch's mean loss over its `n` items to the epoch's sums, on the device (read at the next sync)."""
+    state = run.state
     run.first_bad_step.masked_fill_((run.first_bad_step < 0) & ~torch.isfinite(loss), state.step + 1)
     run.loss_sum += loss * n
     run.item_count += n
@@ -397,14 +417,27 @@ def evaluate(
     return metrics_from_sums(task.kind, reduce_sums(totals), prefix="valid_")
 
 
-def _check_fit_args(epochs: int, recipe: Recipe, checkpoint_every: int | None, max_steps: int | None,
+def _check_fit_args(task: Task, epochs: int, recipe: Recipe, checkpoint_every: int | None, max_steps: int | None,
                     sync_every: int) -> tuple[int, int | None, int | None, int]:
     """The validated (epochs, checkpoint_every, max_steps, sync_every); the recipe's numbers are checked too."""
     positive_int("recipe.accumulate", recipe.accumulate)
+    if task.step is not None:
+        _check_own_step(recipe)
     if recipe.lr is not None:
         positive("recipe.lr", recipe.lr)
     return (positive_int("epochs", epochs), optional_int("checkpoint_every", checkpoint_every),
             optional_int("max_steps", max_steps), positive_int("sync_every", sync_every))
+
+
+def _check_own_step(recipe: Recipe) -> None:
+    """A Task's own step does its own precision, accumulation and clipping: the recipe must not do them too."""
+    clashes = [name for name, on in (("mixup", recipe.mixup is not None), ("precision", recipe.precision != "off"),
+                                     ("accumulate", recipe.accumulate != 1),
+                                     ("max_grad_norm", recipe.max_grad_norm is not None)) if on]
+    if clashes:
+        raise ParamError(f"recipe.{', recipe.'.join(clashes)} cannot be combined with Task.step, which trains each "
+                         "batch itself: do this inside the step, or leave the recipe's defaults (the schedule and "
+                         "recipe.lr still apply)")
 
 
 def _make_mixup(task: Task, alpha: float | None) -> Mixup | None:

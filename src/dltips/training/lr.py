@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from dltips.core.device import model_device, to_device
 from dltips.core.params import ParamError, instance, int_at_least, number, positive, positive_int, probability
 from dltips.core.state import get_rng_state, set_rng_state
+from dltips.training.step import StepFn, take_step
 
 __all__ = ["LRFinderResult", "default_lr", "lr_find", "make_optimizer", "scale_lr"]
 
@@ -204,13 +205,16 @@ def lr_find(
     num_steps: int = 100,
     smooth: float = 0.98,
     diverge: float = 4.0,
+    step: StepFn | None = None,
 ) -> LRFinderResult:
     """LR range test (Smith 2017, arXiv:1506.01186): train briefly with an exponentially growing LR.
 
     Step ``i`` uses ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``
     for every param group, on batches ``(x, y)`` drawn from ``data`` (cycled
-    when exhausted) with ``loss_fn(model(x), y)``. The test stops early once
-    the smoothed loss is non-finite or above ``diverge`` times its best.
+    when exhausted) with ``loss_fn(model(x), y)``, or with ``step(model, (x, y),
+    optimizer)`` when given: the user's own training step, which returns its loss
+    (dltips.training.step). The test stops early once the smoothed loss is
+    non-finite or above ``diverge`` times its best.
 
     ``suggestion`` is ``min_loss_lr / 10``: the loss bottoms out right where
     the LR starts to be too large, so a decade below it is the largest LR
@@ -224,6 +228,8 @@ def lr_find(
     instance("optimizer", optimizer, Optimizer, "a torch.optim.Optimizer")
     if not callable(loss_fn):
         raise ParamError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if step is not None and not callable(step):
+        raise ParamError(f"step must be callable or None, got {type(step).__name__}")
     start_lr = positive("start_lr", start_lr)
     end_lr = positive("end_lr", end_lr)
     if end_lr <= start_lr:
@@ -238,7 +244,7 @@ def lr_find(
     snapshot = _Snapshot(model, optimizer)
     try:
         lrs, raw, smoothed, stopped = _range_test(
-            model, optimizer, _batches(data), loss_fn, device, start_lr, end_lr, num_steps, smooth, diverge
+            model, optimizer, _batches(data), loss_fn, device, start_lr, end_lr, num_steps, smooth, diverge, step
         )
     finally:
         snapshot.restore(optimizer)
@@ -256,6 +262,7 @@ def _range_test(
     num_steps: int,
     smooth: float,
     diverge: float,
+    step: StepFn | None,
 ) -> tuple[list[float], list[float], list[float], bool]:
     model.train()
     lrs: list[float] = []
@@ -266,13 +273,8 @@ def _range_test(
         lr = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))
         _set_lr(optimizer, lr)
         x, y = next(batches)
-        x, y = to_device(x, device), to_device(y, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-
-        value = float(loss.detach())
+        loss = take_step(model, (to_device(x, device), to_device(y, device)), optimizer, loss_fn, step)
+        value = float(loss)
         avg = smooth * avg + (1.0 - smooth) * value
         s = avg / (1.0 - smooth ** (i + 1))
         lrs.append(lr)

@@ -151,7 +151,7 @@ def _range_test(task: Task, model: nn.Module, device: torch.device, seed: int, m
         torch.manual_seed(seed)
         try:
             result = lr_find(model, optimizer, batches, task.loss_fn,
-                             start_lr=START_LR, end_lr=END_LR, num_steps=num_steps)
+                             start_lr=START_LR, end_lr=END_LR, num_steps=num_steps, step=task.step)
         except _OutOfTime as cut:
             return [skipped_for_time(TIP, cut.needs_s, f"{cut.steps} of the {num_steps} range-test steps ran in "
                                                         f"{cut.seconds:.1f} s",

@@ -46,9 +46,10 @@ from dltips.core.params import ints, positive_int
 from dltips.core.state import eval_mode, grads_kept, modes_kept, rng_kept, training_copy
 from dltips.findings import Finding, skipped_for_time
 from dltips.predict import error_rate
-from dltips.task import IGNORE_INDEX, Task, as_logits
+from dltips.task import IGNORE_INDEX, Task, as_logits, gradients_seen
 from dltips.training.floor import LossFloor, describe, loss_floor
 from dltips.training.lr import make_optimizer
+from dltips.training.step import take_step
 
 __all__ = ["OverfitResult", "Rung", "check_overfit_tiny", "overfit_ladder"]
 
@@ -265,15 +266,14 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
     try:
         while step < limit:
             step += 1
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
             if step == 1:
-                diagnosis["gradient_fraction"] = sum(
-                    p.grad is not None and bool(p.grad.ne(0).any()) for p in trainable) / len(trainable)
-            optimizer.step()
+                with gradients_seen(trainable) as reached:
+                    loss = take_step(model, (x, y), optimizer, loss_fn, task.step)
+                diagnosis["gradient_fraction"] = len(reached) / len(trainable)
+            else:
+                loss = take_step(model, (x, y), optimizer, loss_fn, task.step)
             monitor.log(loss=loss)
-            losses.append(loss.detach().float())
+            losses.append(loss.float())
             rung.steps = step
             if step % CHECK_EVERY == 0 or step == limit:
                 if not math.isfinite(float(losses[-1])):
@@ -435,6 +435,9 @@ def _why_failed(rung: Rung) -> tuple[str, str]:
         return ("no gradient reaches the parameters: the loss is cut off from the model's output "
                 "(a detach, an item(), a numpy round trip)"), "code"
     if d.get("changed_fraction", 1.0) == 0.0:
+        if d.get("gradient_fraction", 0.0) > 0.0:
+            return ("no parameter changed although gradients reached them: the optimizer stepped on gradients "
+                    "zeroed after backward(), its learning rate is zero, or it never steps"), "code"
         return "no parameter changed: the learning rate is zero, or the optimizer never steps", "code"
     start, end, curve = rung.initial_loss, rung.final_loss, rung.curve
     lr = f" (lr={d['lr']:.3g})" if d.get("lr") is not None else ""
