@@ -23,6 +23,7 @@ from dltips.core.device import model_device, to_device
 from dltips.core.state import eval_mode, rng_kept, training_copy
 
 KINDS = ("classification", "binary", "multilabel", "regression", "language-model")
+SCHEDULER_INTERVALS = ("epoch", "step")
 IGNORE_INDEX = -100  # targets equal to this are not counted (torch's cross_entropy default)
 _SCAN_ITEMS = 256  # items per dataset whose labels are checked when labels are not one tensor
 
@@ -49,6 +50,12 @@ class Task:
     clipping and accumulation over micro-batches of `batch`), for one optimizer step. When given,
     every training dltips does on the Task runs it (see dltips.training.step); `loss` stays what
     dltips evaluates with. `validate` (when the Task is built, and in `fit`) runs it once on a copy.
+
+    `scheduler`, optional, builds the user's LR scheduler from the optimizer (`optimizer ->
+    LRScheduler`, e.g. `lambda o: StepLR(o, 1, gamma=0.7)`); `fit` and the doctor's short run step
+    it once per epoch (`scheduler_interval="epoch"`, as Lightning does by default, with the
+    validation loss for ReduceLROnPlateau) or after every optimizer step ("step"), in place of the
+    one-cycle schedule.
     """
 
     model: nn.Module
@@ -63,6 +70,8 @@ class Task:
     augment: Callable | None = None
     name: str = "task"
     step: Callable | None = None
+    scheduler: Callable | None = None
+    scheduler_interval: str = "epoch"
 
     # set by validate(): the convention of the model's outputs (see `output_form`)
     output_form: str = field(default="logits", init=False, repr=False, compare=False)
@@ -80,10 +89,12 @@ class Task:
             raise TaskError("batch_size", repr(self.batch_size), "a positive int")
         if not isinstance(self.name, str) or not self.name:
             raise TaskError("name", repr(self.name), "a non-empty string")
-        for name in ("loss", "optimizer", "augment", "step"):
+        for name in ("loss", "optimizer", "augment", "step", "scheduler"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TaskError(name, type(value).__name__, "a callable or None")
+        if self.scheduler_interval not in SCHEDULER_INTERVALS:
+            raise TaskError("scheduler_interval", repr(self.scheduler_interval), "'epoch' or 'step'")
         if self.n_classes is not None and (not isinstance(self.n_classes, int) or self.n_classes < 1):
             raise TaskError("n_classes", repr(self.n_classes), "a positive int or None")
         for split in ("train", "valid", "test"):

@@ -172,9 +172,9 @@ def synthetic_regression(n, seed):
 def test_make_mixup_hands_ids_to_a_model_that_mixes_embeddings():
     task = Task(TabularModel([(5, 2), (4, 2)], 2, 1, hidden=(8,)), synthetic_regression(32, 0),
                 synthetic_regression(16, 1), kind="regression")
-    assert fit_module._make_mixup(task, 0.4).ids == "model"
+    assert fit_module._make_mixup(task, 0.4, task.model, torch.device("cpu")).ids == "model"
     task.model = nn.Sequential(nn.Linear(2, 1))
-    assert fit_module._make_mixup(task, 0.4).ids == "error"
+    assert fit_module._make_mixup(task, 0.4, task.model, torch.device("cpu")).ids == "error"
 
 
 def test_fit_with_mixup_trains_a_tabular_regression(one_thread):

@@ -262,7 +262,7 @@ def test_bad_arguments_are_reported():
     with pytest.raises(ParamError, match="checkpoint_every"):
         fit(task, checkpoint_every=0)
     with pytest.raises(ParamError, match="recipe.mixup is not defined for language models"):
-        fit_module._make_mixup(SimpleNamespace(kind="language-model"), 0.4)
+        fit_module._make_mixup(SimpleNamespace(kind="language-model"), 0.4, None, None)
 
 
 def test_sharded_sampler_resumes_mid_epoch_and_splits_like_distributed_sampler():

@@ -70,6 +70,7 @@ class Recipe:
     lr: float | None = None
     one_cycle: bool = True
     pct_start: float = 0.25
+    moms: tuple[float, float, float] | None | str = "auto"
     mixup: float | None = None
     precision: str = "off"
     accumulate: int = 1
@@ -191,6 +192,7 @@ class _Run:
     max_steps: int | None
     sync_every: int
     owns_group: bool  # the process group was created by this call, which destroys it
+    schedule_per: str = "step"  # the scheduler steps after every optimizer "step" or at the end of each "epoch"
     loss_sum: torch.Tensor = field(init=False)  # summed over the epoch's items
     item_count: torch.Tensor = field(init=False)
     first_bad_step: torch.Tensor = field(init=False)  # the first step with a non-finite loss, else -1
@@ -218,14 +220,13 @@ def _setup(task: Task, epochs: int, recipe: Recipe, *, callbacks: Sequence[Callb
                              rank=rank, world_size=world_size)
     drop_last, batches_per_epoch, total_steps = _plan_steps(len(sampler), task.batch_size, recipe.accumulate,
                                                             epochs, max_steps)
-    scheduler = OneCycle(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2),
-                         pct_start=recipe.pct_start) if recipe.one_cycle else None
+    scheduler, schedule_per = _scheduler(task, recipe, optimizer, total_steps)
     precision = MixedPrecision(recipe.precision, device_type=device.type)
     run = _Run(
         state=FitState(task, train_model, optimizer, scheduler, epochs, total_steps, device, rank, world_size),
         model=model, sampler=sampler, drop_last=drop_last, batches_per_epoch=batches_per_epoch, precision=precision,
         accumulator=GradientAccumulator(train_model, optimizer, recipe.accumulate, precision, recipe.max_grad_norm),
-        mixup=_make_mixup(task, recipe.mixup),
+        mixup=_make_mixup(task, recipe.mixup, model, device), schedule_per=schedule_per,
         callbacks=[*callbacks, ProgressBar()] if progress else list(callbacks),
         checkpoint=Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None,
         checkpoint_every=checkpoint_every, max_steps=max_steps, sync_every=sync_every, owns_group=owns_group,
@@ -323,7 +324,7 @@ def _end_step(run: _Run) -> None:
     """After an optimizer step: the schedule, callbacks, a sync every `sync_every` steps, a periodic checkpoint."""
     state = run.state
     state.step += 1
-    if state.scheduler is not None:
+    if state.scheduler is not None and run.schedule_per == "step":
         state.scheduler.step()
     for cb in run.callbacks:
         cb.on_step_end(state)
@@ -374,6 +375,11 @@ def _end_epoch(run: _Run) -> bool:
         cb.on_epoch_end(state)
     if stopped_mid_epoch:
         return False
+    if state.scheduler is not None and run.schedule_per == "epoch":
+        if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            state.scheduler.step(metrics["valid_loss"])
+        else:
+            state.scheduler.step()
     state.epoch, state.batch = state.epoch + 1, 0
     run.loss_sum.zero_()
     run.item_count.zero_()
@@ -421,6 +427,8 @@ def _check_fit_args(task: Task, epochs: int, recipe: Recipe, checkpoint_every: i
                     sync_every: int) -> tuple[int, int | None, int | None, int]:
     """The validated (epochs, checkpoint_every, max_steps, sync_every); the recipe's numbers are checked too."""
     positive_int("recipe.accumulate", recipe.accumulate)
+    if isinstance(recipe.moms, str) and recipe.moms != "auto":
+        raise ParamError(f"recipe.moms must be 'auto', None or (start, at peak, end), got {recipe.moms!r}")
     if task.step is not None:
         _check_own_step(recipe)
     if recipe.lr is not None:
@@ -440,14 +448,43 @@ def _check_own_step(recipe: Recipe) -> None:
                          "recipe.lr still apply)")
 
 
-def _make_mixup(task: Task, alpha: float | None) -> Mixup | None:
+def _scheduler(task: Task, recipe: Recipe, optimizer: torch.optim.Optimizer,
+               total_steps: int) -> tuple[Any, str]:
+    """(the scheduler, "step" or "epoch"): the Task's own, else the one-cycle when the recipe asks for it."""
+    if task.scheduler is not None:
+        scheduler = task.scheduler(optimizer)
+        if not callable(getattr(scheduler, "step", None)):
+            raise ParamError(f"Task.scheduler must return an LR scheduler (an object with step()), got "
+                             f"{type(scheduler).__name__}")
+        return scheduler, task.scheduler_interval
+    if not recipe.one_cycle:
+        return None, "step"
+    moms = recipe.moms
+    if moms == "auto":
+        moms = (0.95, 0.85, 0.95) if _has_momentum(optimizer) else None
+    return OneCycle(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2),
+                    pct_start=recipe.pct_start, moms=moms), "step"
+
+
+def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Adam-like betas in every group, or an SGD-like momentum above 0 in every group."""
+    groups = optimizer.param_groups
+    return all("betas" in g for g in groups) or all(float(g.get("momentum", 0.0) or 0.0) > 0 for g in groups)
+
+
+def _make_mixup(task: Task, alpha: float | None, model: nn.Module, device: torch.device) -> Mixup | None:
     if alpha is None:
         return None
     if task.kind == "language-model":
         raise ParamError("recipe.mixup is not defined for language models (tokens cannot be blended); use None")
     # A model that mixes its own embeddings (e.g. TabularModel) takes its integer ids unmixed, with lam and perm.
     ids = "model" if getattr(task.model, "mixes_embeddings", False) else "error"
-    return Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None, ids=ids)
+    mixup = Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None, ids=ids)
+    if task.kind == "classification":
+        x, _ = next(iter(DataLoader(task.train, batch_size=2)))
+        with torch.no_grad(), eval_mode(model):
+            mixup.check_loss(task.loss_fn, model(to_device(x, device)))
+    return mixup
 
 
 def init_distributed() -> tuple[int, int, bool]:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dltips.core.params import instance, one_of, optional_int, positive, positive_int, probability
+from dltips.core.params import ParamError, instance, one_of, optional_int, positive, positive_int, probability
 
 Batch = Tensor | Mapping[str, Tensor]
 
@@ -140,6 +140,22 @@ class Mixup(nn.Module):
         out = self.mix(x, y, lam, perm)
         self.last_lam, self.last_perm = lam, perm
         return out
+
+    def check_loss(self, loss_fn, output: Tensor) -> None:
+        """Raise ParamError unless `loss_fn(output, mixed labels)` runs: mixed integer labels are class
+        probabilities of shape (N, C), which `F.cross_entropy` takes and `F.nll_loss` does not."""
+        if self.n_classes is None or output.dim() < 2:
+            return
+        soft = torch.full((output.shape[0], self.n_classes), 1.0 / self.n_classes, dtype=output.dtype,
+                          device=output.device)
+        try:
+            loss_fn(output, soft)
+        except Exception as e:
+            raise ParamError(
+                f"Mixup turns class ids into class probabilities of shape {tuple(soft.shape)}, and the loss it is "
+                f"paired with does not take them ({type(e).__name__}: {e}). Use F.cross_entropy on logits, which "
+                "takes probabilities as targets; for a model that returns log-probabilities (log_softmax + "
+                "nll_loss), a loss such as lambda out, t: -(t * out).sum(1).mean(); or turn mixup off") from e
 
     def _targets(self, y: Tensor) -> Tensor:
         """Turn integer ids into (smoothed) one-hot probabilities with the class dim at 1."""

@@ -94,7 +94,7 @@ def _momentum_key(optimizer: Optimizer) -> str:
             return key
     raise ParamError(
         f"{type(optimizer).__name__} has no 'momentum' or 'betas' in its param groups, "
-        "so momentum cannot be cycled; pass moms=None"
+        "so momentum cannot be cycled; pass moms=None (Recipe(moms=None) in dltips.fit)"
     )
 
 
