@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from dltips.core.deadline import Deadline, as_deadline
 from dltips.core.device import resolve_device, to_device
@@ -86,19 +87,32 @@ def predict(
     deadline = as_deadline(deadline)
     device = resolve_device(device, model)
     positions = list(range(len(data))) if indices is None else [int(i) for i in indices]
-    loader = DataLoader(Subset(data, positions), batch_size=task.batch_size)
+    loader = task.loader(Subset(data, positions))
     outputs, targets = [], []
     started, done = time.monotonic(), 0
     with eval_mode(model):
         for x, y in loader:
-            outputs.append(model(to_device(x, device)).float().cpu())
-            targets.append(y)
+            output, y = task.outputs(model, to_device((x, y), device))
+            outputs.append(output.float().cpu())
+            targets.append(y.cpu())
             done += len(outputs[-1])
             if deadline is not None and done < len(positions) and deadline.expired():
                 raise OutOfTime(done, len(positions), time.monotonic() - started)
-    output, target = torch.cat(outputs), torch.cat(targets)
+    output, target = cat_batches(outputs, targets)
     losses = item_losses(task.loss_fn, output, target)
     return Predictions(torch.tensor(positions), as_logits(task, output), target, losses)
+
+
+def cat_batches(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batches of outputs and targets joined along the items. Sequences padded to different lengths by a
+    collate_fn are padded to the longest, the added positions' targets IGNORE_INDEX (not counted)."""
+    lengths = {t.shape[1:] for t in targets}
+    if len(lengths) == 1 or any(t.is_floating_point() for t in targets) or any(t.dim() < 2 for t in targets):
+        return torch.cat(outputs), torch.cat(targets)
+    longest = max(t.shape[1] for t in targets)
+    padded_out = [F.pad(o, (0, 0) * (o.dim() - 2) + (0, longest - o.shape[1])) for o in outputs]
+    padded_target = [F.pad(t, (0, longest - t.shape[1]), value=IGNORE_INDEX) for t in targets]
+    return torch.cat(padded_out), torch.cat(padded_target)
 
 
 def item_losses(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

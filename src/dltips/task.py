@@ -8,15 +8,17 @@ shape instead of as a deep traceback in the middle of training.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from dltips.core.device import model_device, to_device
@@ -24,6 +26,7 @@ from dltips.core.state import eval_mode, rng_kept, training_copy
 
 KINDS = ("classification", "binary", "multilabel", "regression", "language-model")
 SCHEDULER_INTERVALS = ("epoch", "step")
+DEFAULT_BATCH_SIZE = 64
 IGNORE_INDEX = -100  # targets equal to this are not counted (torch's cross_entropy default)
 _SCAN_ITEMS = 256  # items per dataset whose labels are checked when labels are not one tensor
 
@@ -32,7 +35,7 @@ class TaskError(ValueError):
     """A Task field is wrong: the message names the field, what was found and what was expected."""
 
     def __init__(self, field: str, found: str, expected: str):
-        self.field = field
+        self.field, self.found, self.expected = field, found, expected
         super().__init__(f"Task.{field}: found {found}; expected {expected}.")
 
 
@@ -45,10 +48,26 @@ class Task:
     or a number. `n_classes` is the number of classes (the vocabulary size for a
     language model); left as None it is read from the model's output.
 
+    The splits may be DataLoaders: their datasets are used, with the train
+    loader's `collate_fn` and batch size unless `collate_fn` and `batch_size` are
+    given (`batch_size` defaults to 64). `collate_fn` batches items of different
+    lengths (padding), everywhere dltips draws items.
+
+    The model's output may be a tensor, a tuple or list (makemore's `(logits,
+    loss)`: dltips takes its first tensor that is not a scalar), or a dict or
+    Hugging Face ModelOutput (its `logits`); `output` overrides that rule with an
+    index, a key or attribute name, or a function of the output. For anything
+    else, `forward(model, batch) -> (output, target)` says how a batch `(x, y)`
+    is run (nanoGPT's model returns every position's logits only when given the
+    targets: `forward=lambda m, b: (m(b[0], b[1])[0], b[1])`). `ignore_index` is
+    the target value that marks positions not to count (torch's -100 by
+    default; makemore uses -1); dltips counts and scores without them, and the
+    Task's own loss, step and forward see the targets as the data holds them.
+
     `step`, optional, is the user's own training step, `step(model, batch, optimizer) -> loss`: the
     forward pass, `loss.backward()` and `optimizer.step()` (with the user's zero_grad, regularisers,
     clipping and accumulation over micro-batches of `batch`), for one optimizer step. When given,
-    every training dltips does on the Task runs it (see dltips.training.step); `loss` stays what
+    every training dltips does on the Task runs it (`train_step`); `loss` stays what
     dltips evaluates with. `validate` (when the Task is built, and in `fit`) runs it once on a copy.
 
     `scheduler`, optional, builds the user's LR scheduler from the optimizer (`optimizer ->
@@ -65,19 +84,88 @@ class Task:
     kind: str = "classification"
     n_classes: int | None = None
     loss: Callable | None = None
-    batch_size: int = 64
+    batch_size: int | None = None
     optimizer: Callable | None = None
     augment: Callable | None = None
     name: str = "task"
     step: Callable | None = None
     scheduler: Callable | None = None
     scheduler_interval: str = "epoch"
+    collate_fn: Callable | None = None
+    output: int | str | Callable | None = None
+    forward: Callable | None = None
+    ignore_index: int = IGNORE_INDEX
 
     # set by validate(): the convention of the model's outputs (see `output_form`)
     output_form: str = field(default="logits", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._take_loaders()
         self.validate()
+
+    def _take_loaders(self) -> None:
+        """DataLoader splits become their datasets; the train loader lends its collate_fn and batch size."""
+        for split in ("train", "valid", "test"):
+            loader = getattr(self, split)
+            if not isinstance(loader, DataLoader):
+                continue
+            if split == "train":
+                if self.collate_fn is None and loader.collate_fn is not default_collate:
+                    self.collate_fn = loader.collate_fn
+                if self.batch_size is None and loader.batch_size is not None:
+                    self.batch_size = loader.batch_size
+            setattr(self, split, loader.dataset)
+        if self.batch_size is None:
+            self.batch_size = DEFAULT_BATCH_SIZE
+
+    # ------------------------------------------------------------------ how dltips drives the user's objects
+
+    def collate(self, items: list) -> tuple[Any, torch.Tensor]:
+        """A batch `(x, y)` of `items`, by the Task's `collate_fn` (default_collate), its targets with
+        `ignore_index` as dltips counts it (IGNORE_INDEX)."""
+        batch = (self.collate_fn or default_collate)(items)
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            found = f"a {len(batch)}-tuple" if isinstance(batch, (tuple, list)) else type(batch).__name__
+            raise TaskError("collate_fn", f"batches of the form {found}", "(x, y) pairs, as the items are")
+        x, y = batch
+        return x, self.counted_targets(y)
+
+    def first_batch(self, data: Dataset, n: int) -> tuple[Any, torch.Tensor]:
+        """The first `n` items of `data` (all when fewer) as one collated batch."""
+        return self.collate([data[i] for i in range(min(n, len(data)))])
+
+    def loader(self, data: Dataset, **kwargs: Any) -> DataLoader:
+        """`DataLoader(data, **kwargs)` that batches with `collate` (batch_size defaults to the Task's)."""
+        kwargs.setdefault("batch_size", self.batch_size)
+        return DataLoader(data, collate_fn=self.collate, **kwargs)
+
+    def outputs(self, model: nn.Module, batch: tuple[Any, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the model's prediction on a collated batch, its targets): `forward` when the Task has one,
+        else `model(x)`, the prediction picked from the output by `select_output`."""
+        if self.forward is None:
+            x, y = batch
+            return select_output(model(x), self.output), y
+        x, y = batch
+        output, target = self.forward(model, (x, self._to_users(y)))
+        return select_output(output, self.output), self.counted_targets(torch.as_tensor(target))
+
+    def train_step(self, model: nn.Module, batch: tuple[Any, torch.Tensor], optimizer: Any) -> torch.Tensor:
+        """One optimizer step on a collated batch: the Task's own `step`, else zero_grad, forward, loss,
+        backward, step. The loss, detached."""
+        if self.step is not None:
+            x, y = batch
+            return as_loss(self.step(model, (x, self._to_users(y)), optimizer))
+        return plain_step(model, batch, optimizer, self.loss_fn, self.outputs)
+
+    def _remaps(self, y: Any) -> bool:
+        return (self.ignore_index != IGNORE_INDEX and self.kind in ("classification", "language-model")
+                and isinstance(y, torch.Tensor) and not y.is_floating_point())
+
+    def counted_targets(self, y: Any) -> Any:
+        return torch.where(y == self.ignore_index, IGNORE_INDEX, y) if self._remaps(y) else y
+
+    def _to_users(self, y: Any) -> Any:
+        return torch.where(y == IGNORE_INDEX, self.ignore_index, y) if self._remaps(y) else y
 
     def validate(self) -> None:
         """Check every field; raise TaskError on the first that is wrong."""
@@ -100,14 +188,26 @@ class Task:
         for split in ("train", "valid", "test"):
             if split != "test" or self.test is not None:
                 _check_items(split, getattr(self, split))
-        x, y = _first_batch(self.train)
-        output = _run_model(self.model, x)
+        if self.collate_fn is not None and not callable(self.collate_fn):
+            raise TaskError("collate_fn", type(self.collate_fn).__name__, "a callable or None")
+        if self.forward is not None and not callable(self.forward):
+            raise TaskError("forward", type(self.forward).__name__, "a callable (model, batch) -> (output, target)")
+        if not (self.output is None or callable(self.output) or isinstance(self.output, (int, str))) \
+                or isinstance(self.output, bool):
+            raise TaskError("output", repr(self.output), "None, an index, a key or attribute name, or a function")
+        if not isinstance(self.ignore_index, int) or isinstance(self.ignore_index, bool):
+            raise TaskError("ignore_index", repr(self.ignore_index), "an int (torch's default is -100)")
+        x, y = self.first_batch(self.train, 2)
+        raw, output, y = _run_model(self, x, y)
         if self.n_classes is None:
             self.n_classes = _infer_n_classes(self.kind, output)
-        check_output(self.kind, self.n_classes, output, y)
+        try:
+            check_output(self.kind, self.n_classes, output, y)
+        except TaskError as e:
+            raise TaskError("model", *_with_hint(e, raw, output, y, self)) from None
         for split in ("train", "valid", "test"):
             if split != "test" or self.test is not None:
-                _check_labels(split, getattr(self, split), self.kind, self.n_classes)
+                _check_labels(split, getattr(self, split), self.kind, self.n_classes, self.ignore_index)
         _check_loss(self.loss_fn, output, y)
         self.output_form = output_form(self.kind, output, y, self.loss_fn)
         if self.step is not None:
@@ -115,8 +215,12 @@ class Task:
 
     @property
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The Task's loss, or the default for its kind (a mean over items)."""
-        return self.loss if self.loss is not None else DEFAULT_LOSSES[self.kind]
+        """The Task's loss, or the default for its kind (a mean over items), on targets as dltips counts them."""
+        if self.loss is None:
+            return DEFAULT_LOSSES[self.kind]
+        if self.ignore_index == IGNORE_INDEX:
+            return self.loss
+        return functools.partial(_users_loss, self)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -285,21 +389,67 @@ def _check_items(split: str, data: Any) -> None:
         raise TaskError(split, f"targets of type {type(y).__name__}", "y a tensor, an int or a float")
 
 
-def _first_batch(data: Dataset) -> tuple[Any, torch.Tensor]:
-    items = [data[i] for i in range(min(2, len(data)))]
-    x, y = default_collate(items)
-    return x, y
+def select_output(output: Any, selector: int | str | Callable | None = None) -> Any:
+    """The prediction in a model's output. `selector`: an index, a key or attribute name, or a function of the
+    output. None: a tensor as it is; the `logits` of a dict or ModelOutput; the first tensor of a tuple or list
+    that is not a scalar (makemore's and nanoGPT's `(logits, loss)`, whose loss is None without targets)."""
+    if selector is not None:
+        if callable(selector):
+            return selector(output)
+        if isinstance(selector, int) or isinstance(output, Mapping):
+            return output[selector]
+        return getattr(output, selector)
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if logits is not None:
+        return logits
+    if isinstance(output, (tuple, list)):
+        return next((part for part in output if isinstance(part, torch.Tensor) and part.dim() > 0), output)
+    return output
 
 
-def _run_model(model: nn.Module, x: Any) -> Any:
-    x = to_device(x, model_device(model))
+def _run_model(task: Task, x: Any, y: torch.Tensor) -> tuple[Any, Any, torch.Tensor]:
+    """(the model's raw output, the prediction taken from it, the targets) on a training batch, in eval mode."""
+    model = task.model
+    x, y = to_device(x, model_device(model)), y.to(model_device(model))
+    raw: list[Any] = []
     try:
         with torch.no_grad(), eval_mode(model):  # no BatchNorm statistics updated, no dropout randomness drawn
-            return model(x)
+            handle = model.register_forward_hook(lambda m, args, out: raw.append(out))
+            try:
+                output, target = task.outputs(model, (x, y))
+            finally:
+                handle.remove()
     except Exception as e:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else {k: tuple(v.shape) for k, v in x.items()}
-        raise TaskError("model", f"an error on a training batch of shape {shape}: {e}",
+        where = "Task.forward" if task.forward is not None else "the model"
+        raise TaskError("forward" if task.forward is not None else "model",
+                        f"an error from {where} on a training batch of shape {shape}: {type(e).__name__}: {e}",
                         "a model that accepts the training inputs") from e
+    return (raw[0] if raw else output), output, target
+
+
+def _with_hint(error: TaskError, raw: Any, output: Any, target: torch.Tensor, task: Task) -> tuple[str, str]:
+    """(found, expected) of a wrong output, with the fix for the usual mismatches."""
+    found, expected = error.found, error.expected
+    if isinstance(raw, (tuple, list)) and task.output is None and task.forward is None:
+        shapes = ", ".join(tuple(p.shape).__repr__() if isinstance(p, torch.Tensor) else type(p).__name__ for p in raw)
+        taken = next((i for i, p in enumerate(raw) if p is output), None)
+        found += (f" (the model returns a {type(raw).__name__} of {len(raw)}: {shapes}"
+                  + (f"; dltips took element {taken}" if taken is not None else "") + ")")
+        expected += "; pass output=<index> (e.g. output=0) to take the logits from the tuple, or return the logits"
+    if (task.kind == "language-model" and isinstance(output, torch.Tensor) and output.dim() == 3
+            and output.shape[1] == 1 and target.dim() == 2 and target.shape[1] > 1):
+        found += f" (logits for the last position only, for targets of {target.shape[1]} positions)"
+        expected += ("; a model that gives every position's logits, as nanoGPT's does only when given the "
+                     "targets: pass forward=lambda model, batch: (model(batch[0], batch[1])[0], batch[1])")
+    return found, expected
+
+
+def _users_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The Task's own loss on targets whose ignored positions are the Task's `ignore_index` again."""
+    return task.loss(output, task._to_users(target))
 
 
 def _infer_n_classes(kind: str, output: Any) -> int | None:
@@ -323,15 +473,19 @@ def _labels_to_check(data: Dataset) -> torch.Tensor:
     return torch.stack([torch.as_tensor(data[i][1]) for i in range(n)])
 
 
-def _check_labels(split: str, data: Dataset, kind: str, n_classes: int | None) -> None:
+def _check_labels(split: str, data: Dataset, kind: str, n_classes: int | None, ignore_index: int = IGNORE_INDEX) -> None:
     y = _labels_to_check(data)
     if kind in ("classification", "language-model"):
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TaskError(split, f"labels of dtype {y.dtype}", "integer class ids (torch.long)")
-        valid = y[y != IGNORE_INDEX] if kind == "language-model" else y
+        valid = y[y != ignore_index] if kind == "language-model" else y
         if valid.numel() and (valid.min() < 0 or valid.max() >= n_classes):
+            hint = ""
+            if kind == "language-model" and int(valid.min()) < 0 and ignore_index == IGNORE_INDEX:
+                hint = (f"; labels contain {int(valid.min())}: if it marks positions not to count (makemore "
+                        f"uses -1), pass ignore_index={int(valid.min())}")
             raise TaskError(split, f"labels from {int(valid.min())} to {int(valid.max())}",
-                            f"class ids in [0, {n_classes - 1}] for n_classes={n_classes}")
+                            f"class ids in [0, {n_classes - 1}] for n_classes={n_classes}{hint}")
     elif kind in ("binary", "multilabel"):
         if not bool(((y == 0) | (y == 1)).all()):
             raise TaskError(split, "labels other than 0 and 1", f"0/1 labels for kind={kind!r}")
@@ -387,7 +541,19 @@ def _pairs_every_output_with_every_target(loss_fn: Callable, output: torch.Tenso
     return not torch.allclose(grads[0], grads[1])
 
 
-# ---------------------------------------------------------------------- the Task's own training step
+# ---------------------------------------------------------------------- training steps
+
+
+def plain_step(model: nn.Module, batch: Any, optimizer: Any, loss_fn: Callable,
+               outputs: Callable | None = None) -> torch.Tensor:
+    """dltips's own step: zero the gradients, the loss of `outputs(model, batch) -> (output, target)` (default
+    `(model(x), y)`), backward, step. Returns the loss, detached."""
+    optimizer.zero_grad(set_to_none=True)
+    output, target = outputs(model, batch) if outputs is not None else (model(batch[0]), batch[1])
+    loss = loss_fn(output, target)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def as_loss(value: Any) -> torch.Tensor:
@@ -432,9 +598,9 @@ def _check_step(task: Task, batch_items: int = 32) -> None:
     the model, its gradients and the random generators are left as they were.
     """
     n = min(task.batch_size, batch_items, len(task.train))
-    batch = default_collate([task.train[i] for i in range(n)])
+    x, y = task.collate([task.train[i] for i in range(n)])
     with rng_kept(), training_copy(task.model) as model:
-        batch = to_device(batch, model_device(model))
+        batch = to_device((x, task._to_users(y)), model_device(model))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = task.optimizer(model.parameters()) if task.optimizer is not None \
             else torch.optim.AdamW(model.parameters())

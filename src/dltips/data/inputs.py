@@ -50,7 +50,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dltips.core.checks import check_args, renamed_kwargs
 from dltips.core.deadline import Deadline
@@ -141,8 +140,8 @@ def _augment_preview(task: Task, seed: int, device: torch.device) -> dict:
 
 def _training_inputs(task: Task, n_items: int, seed: int, device: torch.device):
     """Inputs of shuffled training batches, augmented as in training (on `device`), until `n_items` are seen."""
-    loader = DataLoader(task.train, batch_size=min(task.batch_size, n_items), shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = task.loader(task.train, batch_size=min(task.batch_size, n_items), shuffle=True,
+                         generator=torch.Generator().manual_seed(seed))
     seen = 0
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():  # augmentation draws leave no trace

@@ -68,7 +68,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from dltips.core.checks import check_args, positional_options, task_first
 from dltips.core.deadline import Deadline
@@ -184,16 +184,16 @@ def _skip(message: str, evidence: dict) -> Finding:
 def _run(model: nn.Module, task: Task, transform: Callable, positions: list[int], seed: int,
          device: torch.device) -> Outcome:
     """Predictions on the original and the transformed batches, with the RNG seeded and restored."""
-    loader = DataLoader(Subset(task.valid, positions), batch_size=task.batch_size)
+    loader = task.loader(Subset(task.valid, positions))
     targets, before, after, shown = [], [], [], []
     with _seeded(transform, seed, device), _modes(model, transform):
         for x, y in loader:
-            x = to_device(x, device)
+            x, y_device = to_device((x, y), device)
             x_t = transform(x)
             _check_output(x, x_t)
-            before.append(_labels(task.kind, model(x)))
+            before.append(_labels(task.kind, task.outputs(model, (x, y_device))[0]))
             try:
-                out = model(x_t)
+                out = task.outputs(model, (x_t, y_device))[0]
             except (RuntimeError, ValueError, TypeError) as e:
                 raise _Incompatible(f"the model fails on its output ({type(e).__name__}: {e})") from e
             if not isinstance(out, torch.Tensor) or out.shape[0] != len(y):

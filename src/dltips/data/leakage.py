@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dltips.core.checks import check_args
 from dltips.core.deadline import Deadline
@@ -77,7 +76,7 @@ def check_target_leak(
                         "predicts them is the task itself (the causal-leak probe covers a model that sees the "
                         "future).")]
     n = min(MAX_ITEMS if max_items is None else max_items, len(task.train))
-    x, y = next(iter(DataLoader(task.train, batch_size=n, shuffle=False)))
+    x, y = task.first_batch(task.train, n)
     features = _features(x)
     if features is None:
         return [Finding(TIP, "skip", "No tensor inputs to check for a leak",

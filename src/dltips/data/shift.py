@@ -84,7 +84,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
-from torch.utils.data._utils.collate import default_collate
 
 from dltips.core.checks import check_args
 from dltips.core.deadline import Deadline
@@ -193,7 +192,7 @@ def check_val_test_match(
     test_idx = torch.randperm(n_test, generator=generator)[:n_each].sort().values
     allowance = _Allowance(2 * n_each, folds, permutations)
     try:
-        (x_valid, y_valid), (x_test, y_test) = _read([(task.valid, valid_idx), (task.test, test_idx)], deadline,
+        (x_valid, y_valid), (x_test, y_test) = _read(task, [(task.valid, valid_idx), (task.test, test_idx)], deadline,
                                                      allowance)
         inputs = _input_test(x_valid, x_test, folds, permutations, seed, device, deadline, allowance)
     except _OutOfTime as late:
@@ -546,7 +545,7 @@ def _finding(inputs: InputTest, labels: LabelTest | None, kind: str) -> Finding:
 # ---------------------------------------------------------------- helpers
 
 
-def _read(parts: list[tuple[Dataset, torch.Tensor]], deadline: Deadline | None,
+def _read(task: Task, parts: list[tuple[Dataset, torch.Tensor]], deadline: Deadline | None,
           allowance: _Allowance) -> list[tuple[Any, torch.Tensor]]:
     """The items of each (dataset, indices) part, batched; with a `deadline`, read after every
     READ_CHUNK items (`_OutOfTime` with the reading left, extrapolated, and the allowance for the rest)."""
@@ -562,10 +561,10 @@ def _read(parts: list[tuple[Dataset, torch.Tensor]], deadline: Deadline | None,
             done += 1
             if deadline is not None and done % READ_CHUNK == 0 and done < total and deadline.expired():
                 reading = (time.monotonic() - started) * (total - done) / done
-                values = _values(default_collate(items[:1])[0])
+                values = _values(task.collate(items[:1])[0])
                 raise _OutOfTime(reading + allowance.features(values) + allowance.folds(allowance.n_folds),
                                  f"read {done} of the {total} validation and test items")
-        x, y = default_collate(items)
+        x, y = task.collate(items)
         batches.append((x, torch.as_tensor(y)))
     return batches
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
 import torch
-from torch.utils.data import DataLoader
 
 from dltips.catalog import TIPS
 from dltips.core.deadline import Deadline
@@ -45,7 +44,6 @@ from dltips.findings import Finding, could_not_run, skipped_for_time
 from dltips.monitor.loop import LOOP_CAUSES
 from dltips.task import Task
 from dltips.training.lr import make_optimizer
-from dltips.training.step import take_step
 
 # The plan of each training check is fixed by the task, never by the clock: the budget only decides whether a
 # check runs to the end of its plan, and a check that cannot says `skip` with the time it needs.
@@ -477,12 +475,12 @@ def _seconds_per_step(task: Task, device: torch.device, repeats: int = 3) -> flo
     with training_copy(task.model) as model:
         model.to(device).train()
         optimizer = make_optimizer(task, model)
-        x, y = next(iter(DataLoader(task.train, batch_size=task.batch_size, shuffle=False)))
+        x, y = task.first_batch(task.train, task.batch_size)
         batch = to_device(x, device), y.to(device)
         times = []
         for _ in range(repeats + 1):
             start = time.perf_counter()
-            take_step(model, batch, optimizer, task.loss_fn, task.step)
+            task.train_step(model, batch, optimizer)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)

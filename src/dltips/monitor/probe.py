@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dltips.core.checks import check_args
 from dltips.core.deadline import Deadline
@@ -96,8 +95,7 @@ def probe_layers(task: Task, model: nn.Module | None = None, max_items: int = MA
     with rng_kept(seed), grads_kept(original), training_copy(original) as copy:
         copy.train()
         device = model_device(copy)
-        x, y = next(iter(DataLoader(task.train, batch_size=min(max_items, len(task.train)), shuffle=False)))
-        x, y = to_device(x, device), y.to(device)
+        x, y = to_device(task.first_batch(task.train, max_items), device)
         names = {m: n for n, m in copy.named_modules()}
         probe = LayerProbe(items=len(y))
         order: list[nn.Module] = []  # leaf modules in the order the forward pass calls them
@@ -119,8 +117,8 @@ def probe_layers(task: Task, model: nn.Module | None = None, max_items: int = MA
         try:
             for p in copy.parameters():
                 p.grad = None
-            output = copy(x)
-            task.loss_fn(output, y).backward()
+            output, target = task.outputs(copy, (x, y))
+            task.loss_fn(output, target).backward()
         finally:
             for h in handles:
                 h.remove()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dltips.core.checks import check_args
 from dltips.core.deadline import Deadline
@@ -62,7 +61,7 @@ def check_causal_leak(
     if task.kind != "language-model":
         return [_skip("The causal-leak probe is for language models", f"This Task's kind is {task.kind!r}.")]
     n = min(MAX_ITEMS if max_items is None else max_items, len(task.valid))
-    x, y = next(iter(DataLoader(task.valid, batch_size=n, shuffle=False)))
+    x, y = task.first_batch(task.valid, n)
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point() or x.shape[1] < 2:
         return [_skip("No token sequences to probe for a causal leak",
                       "The inputs are not a (batch, tokens) tensor of token ids.")]
@@ -76,13 +75,18 @@ def check_causal_leak(
     cuts = sorted({round(k * (length - 2) / (CUTS - 1)) for k in range(CUTS)})
     generator = torch.Generator().manual_seed(seed)
     changes = {}
+    on = model_device(run)
+
+    def outputs(inputs: torch.Tensor) -> torch.Tensor:
+        return task.outputs(run, (to_device(inputs, on), y.to(on)))[0].float()
+
     with torch.no_grad(), eval_mode(run), rng_kept():
-        base = run(to_device(x, model_device(run))).float()
+        base = outputs(x)
         scale = max(float(base.abs().max()), 1.0)
         for t in cuts:
             changed = x.clone()
             changed[:, t + 1:] = torch.randint(0, task.n_classes, (n, length - t - 1), generator=generator)
-            out = run(to_device(changed, model_device(run))).float()
+            out = outputs(changed)
             moved = (out[:, :t + 1] - base[:, :t + 1]).abs().flatten(2).amax(-1).amax(0)  # per position <= t
             changes[t] = moved.cpu()
     evidence = {"items": n, "length": length, "cuts": cuts, "tolerance": TOLERANCE, "scale": scale,

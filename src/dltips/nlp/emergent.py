@@ -101,7 +101,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dltips.core.params import ParamError, fraction, instance, int_at_least, number, optional_int, positive, positive_int
 from dltips.core.state import eval_mode
@@ -376,7 +375,7 @@ def measure_point(model: nn.Module, task: Task, probes: Sequence[Probe], tokens_
     correct = {p.name: 0 for p in probes}
     totals = {p.name: 0 for p in probes}
     with eval_mode(model):
-        for i, (x, y) in enumerate(DataLoader(task.valid, batch_size=task.batch_size, shuffle=False)):
+        for i, (x, y) in enumerate(task.loader(task.valid, shuffle=False)):
             if max_batches is not None and i >= max_batches:
                 break
             if not isinstance(x, torch.Tensor) or x.dim() != 2:
@@ -384,7 +383,7 @@ def measure_point(model: nn.Module, task: Task, probes: Sequence[Probe], tokens_
                 raise ValueError("measure_point needs validation items (tokens[T], next_tokens[T]) of integer ids; got "
                                  f"inputs of type {type(x).__name__}{shape}")
             x, y = x.to(device), y.to(device)
-            logits = model(x).float()
+            logits = task.outputs(model, (x, y))[0].float()
             loss_sum += F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
             n_tokens += int((y != IGNORE_INDEX).sum())
             for probe in probes:

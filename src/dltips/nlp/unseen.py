@@ -80,7 +80,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from dltips.core.checks import check_args, positional_options, task_first
 from dltips.core.deadline import Deadline
@@ -212,14 +212,13 @@ def measure_unseen_mass(
     if any(p.device != device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
     positions = evenly_spaced(len(task.valid), max_items)
-    loader = DataLoader(Subset(task.valid, positions), batch_size=task.batch_size)
+    loader = task.loader(Subset(task.valid, positions))
     probability_sum = torch.zeros(task.n_classes, dtype=torch.float64, device=device)
     valid_counts = torch.zeros(task.n_classes, dtype=torch.long, device=device)
     n_positions = torch.zeros((), dtype=torch.long, device=device)
     with eval_mode(model):
         for x, y in loader:
-            y = y.to(device)
-            logits = model(to_device(x, device))
+            logits, y = task.outputs(model, to_device((x, y), device))
             if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*y.shape, task.n_classes):
                 shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ValueError(f"the model returned {shape} for targets of shape {tuple(y.shape)}; expected "

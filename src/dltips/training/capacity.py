@@ -18,8 +18,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import Dataset, Subset
 
 from dltips.core.checks import check_args, renamed_kwargs
 from dltips.core.deadline import Deadline
@@ -27,11 +26,10 @@ from dltips.core.device import resolve_device, to_device
 from dltips.core.params import number, positive_int
 from dltips.core.state import eval_mode, grads_kept, rng_kept, training_copy
 from dltips.findings import Finding, skipped_for_time
-from dltips.predict import LM_BASELINE_FRACTION, baseline_error, error_rate
+from dltips.predict import LM_BASELINE_FRACTION, baseline_error, cat_batches, error_rate
 from dltips.task import Task, as_logits
 from dltips.training.lr import make_optimizer
 from dltips.training.overfit import switch_off_regularisation
-from dltips.training.step import take_step
 
 __all__ = ["check_capacity"]
 
@@ -94,7 +92,7 @@ def _fit_subset(task: Task, original: nn.Module, max_items: int, max_steps: int,
     with training_copy(original) as model, grads_kept(original):
         device = resolve_device(device, model)
         model.to(device)
-        targets = _targets(task.train, indices)
+        targets = task.collate([task.train[i] for i in indices])[1]
         baseline = baseline_error(task.kind, targets, targets)
         threshold = CAPACITY_FRACTION * baseline if task.kind == "regression" else CAPACITY_ERROR
         history: list[tuple[int, float]] = []
@@ -106,10 +104,9 @@ def _fit_subset(task: Task, original: nn.Module, max_items: int, max_steps: int,
         steps_per_epoch = n // batch_size
         every = max(CAPACITY_EVAL_EVERY, steps_per_epoch)
         generator = torch.Generator().manual_seed(seed)
-        loss_fn = task.loss_fn
-        for x, y in _forever(Subset(task.train, indices), batch_size, generator):
+        for x, y in _forever(task, Subset(task.train, indices), batch_size, generator):
             model.train()
-            take_step(model, (to_device(x, device), y.to(device)), optimizer, loss_fn, task.step)
+            task.train_step(model, (to_device(x, device), y.to(device)), optimizer)
             steps += 1
             out_of_time = deadline is not None and deadline.expired()
             if steps % every == 0 or steps == max_steps or out_of_time:
@@ -228,21 +225,20 @@ def _train_error(model: nn.Module, task: Task, indices: list[int], device: torch
     """The kind's error (`error_rate`) of `model` in eval mode on the training items at `indices`."""
     outputs, targets = [], []
     with eval_mode(model):
-        for x, y in DataLoader(Subset(task.train, indices), batch_size=max(task.batch_size, 256)):
-            outputs.append(as_logits(task, model(to_device(x, device)).float()).cpu())
-            targets.append(y)
-    return error_rate(task.kind, torch.cat(outputs), torch.cat(targets))
+        for x, y in task.loader(Subset(task.train, indices), batch_size=max(task.batch_size, 256)):
+            output, y = task.outputs(model, to_device((x, y), device))
+            outputs.append(as_logits(task, output.float()).cpu())
+            targets.append(y.cpu())
+    return error_rate(task.kind, *cat_batches(outputs, targets))
 
 
-def _forever(data: Dataset, batch_size: int, generator: torch.Generator) -> Iterator:
+def _forever(task: Task, data: Dataset, batch_size: int, generator: torch.Generator) -> Iterator:
     """Shuffled minibatches, epoch after epoch; no batch smaller than `batch_size` unless it is the only one."""
     drop_last = len(data) > batch_size
     while True:
-        yield from DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=drop_last, generator=generator)
+        yield from task.loader(data, batch_size=batch_size, shuffle=True, drop_last=drop_last, generator=generator)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _targets(data: Dataset, indices: list[int]) -> torch.Tensor:
-    return default_collate([data[i][1] for i in indices])

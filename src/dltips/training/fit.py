@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from dltips.core.callbacks import Callback, FitState
 from dltips.core.device import resolve_device, to_device
@@ -45,7 +45,6 @@ from dltips.training.lr import make_optimizer
 from dltips.training.mixup import Mixup
 from dltips.training.precision import MixedPrecision
 from dltips.training.schedule import OneCycle
-from dltips.training.step import take_step
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -265,8 +264,7 @@ def _train_epoch(run: _Run) -> None:
     run.sampler.set_epoch(state.epoch, start=state.batch * task.batch_size)
     # A private generator: making the iterator must not draw from the global RNG, or a resumed
     # epoch would draw once more than the uninterrupted one.
-    loader = DataLoader(task.train, batch_size=task.batch_size, sampler=run.sampler, drop_last=run.drop_last,
-                        generator=torch.Generator())
+    loader = task.loader(task.train, sampler=run.sampler, drop_last=run.drop_last, generator=torch.Generator())
     state.model.train()
     for cb in run.callbacks:
         cb.on_epoch_start(state)
@@ -295,7 +293,8 @@ def _train_micro_batch(run: _Run, x: Any, y: torch.Tensor) -> None:
     last = state.batch == run.batches_per_epoch - 1
     with run.accumulator.micro_batch(n_items=n, last=last):
         with run.precision.autocast():
-            loss = task.loss_fn(state.model(x), target)
+            output, counted = task.outputs(state.model, (x, y))
+            loss = task.loss_fn(output, target if run.mixup is not None else counted)
         run.accumulator.backward(loss * n)
     _count_loss(run, loss.detach().float(), n)
 
@@ -306,7 +305,7 @@ def _train_own_step(run: _Run, x: Any, y: torch.Tensor) -> None:
     x, y = to_device(x, state.device, non_blocking=True), y.to(state.device, non_blocking=True)
     if task.augment is not None:
         x = task.augment(x)
-    loss = take_step(state.model, (x, y), state.optimizer, task.loss_fn, task.step)
+    loss = task.train_step(state.model, (x, y), state.optimizer)
     _count_loss(run, loss.float().to(run.loss_sum.device), count_items(task.kind, y))
 
 
@@ -410,13 +409,13 @@ def evaluate(
     device = resolve_device(device, model)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sampler = ShardedSampler(len(data), shuffle=False, rank=rank, world_size=world_size, pad=False)
-    loader = DataLoader(data, batch_size=task.batch_size, sampler=sampler)
+    loader = task.loader(data, sampler=sampler)
     totals = zero_sums(task.kind, task.n_classes, device)  # a rank without items still joins the reduction
     with eval_mode(model):
         for x, y in loader:
             x, y = to_device(x, device), y.to(device)
             with precision.autocast() if precision is not None else contextlib.nullcontext():
-                output = model(x)
+                output, y = task.outputs(model, (x, y))
                 loss = task.loss_fn(output, y)
             decisions = as_logits(task, output.float())
             add_sums(totals, metric_sums(task.kind, decisions, y, loss.float(), task.n_classes))
@@ -481,9 +480,9 @@ def _make_mixup(task: Task, alpha: float | None, model: nn.Module, device: torch
     ids = "model" if getattr(task.model, "mixes_embeddings", False) else "error"
     mixup = Mixup(alpha, n_classes=task.n_classes if task.kind == "classification" else None, ids=ids)
     if task.kind == "classification":
-        x, _ = next(iter(DataLoader(task.train, batch_size=2)))
+        batch = to_device(task.first_batch(task.train, 2), device)
         with torch.no_grad(), eval_mode(model):
-            mixup.check_loss(task.loss_fn, model(to_device(x, device)))
+            mixup.check_loss(task.loss_fn, task.outputs(model, batch)[0])
     return mixup
 
 

@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 from dltips.core.device import model_device, to_device
 from dltips.core.params import ParamError, instance, int_at_least, number, positive, positive_int, probability
 from dltips.core.state import get_rng_state, set_rng_state
-from dltips.training.step import StepFn, take_step
+from dltips.task import as_loss, plain_step
 
 __all__ = ["LRFinderResult", "default_lr", "lr_find", "make_optimizer", "scale_lr"]
 
@@ -205,15 +205,15 @@ def lr_find(
     num_steps: int = 100,
     smooth: float = 0.98,
     diverge: float = 4.0,
-    step: StepFn | None = None,
+    step: Callable[[nn.Module, Any, Optimizer], Any] | None = None,
 ) -> LRFinderResult:
     """LR range test (Smith 2017, arXiv:1506.01186): train briefly with an exponentially growing LR.
 
     Step ``i`` uses ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``
     for every param group, on batches ``(x, y)`` drawn from ``data`` (cycled
     when exhausted) with ``loss_fn(model(x), y)``, or with ``step(model, (x, y),
-    optimizer)`` when given: the user's own training step, which returns its loss
-    (dltips.training.step). The test stops early once the smoothed loss is
+    optimizer)`` when given: a training step that returns its loss (a Task's
+    `train_step`). The test stops early once the smoothed loss is
     non-finite or above ``diverge`` times its best.
 
     ``suggestion`` is ``min_loss_lr / 10``: the loss bottoms out right where
@@ -262,7 +262,7 @@ def _range_test(
     num_steps: int,
     smooth: float,
     diverge: float,
-    step: StepFn | None,
+    step: Callable[[nn.Module, Any, Optimizer], Any] | None,
 ) -> tuple[list[float], list[float], list[float], bool]:
     model.train()
     lrs: list[float] = []
@@ -273,7 +273,8 @@ def _range_test(
         lr = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))
         _set_lr(optimizer, lr)
         x, y = next(batches)
-        loss = take_step(model, (to_device(x, device), to_device(y, device)), optimizer, loss_fn, step)
+        batch = to_device(x, device), to_device(y, device)
+        loss = as_loss(step(model, batch, optimizer)) if step is not None else plain_step(model, batch, optimizer, loss_fn)
         value = float(loss)
         avg = smooth * avg + (1.0 - smooth) * value
         s = avg / (1.0 - smooth ** (i + 1))

@@ -142,16 +142,15 @@ def _range_test(task: Task, model: nn.Module, device: torch.device, seed: int, m
     if isinstance(optimizer, torch.optim.LBFGS):
         return [_not_run(setup)]
 
-    loader = DataLoader(train, batch_size=task.batch_size, shuffle=True,
-                        drop_last=len(train) >= task.batch_size,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = task.loader(train, shuffle=True, drop_last=len(train) >= task.batch_size,
+                         generator=torch.Generator().manual_seed(seed))
     batches = _TrainingBatches(loader, task, device, deadline, num_steps)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout and augmentation draws leave no trace
         torch.manual_seed(seed)
         try:
             result = lr_find(model, optimizer, batches, task.loss_fn,
-                             start_lr=START_LR, end_lr=END_LR, num_steps=num_steps, step=task.step)
+                             start_lr=START_LR, end_lr=END_LR, num_steps=num_steps, step=task.train_step)
         except _OutOfTime as cut:
             return [skipped_for_time(TIP, cut.needs_s, f"{cut.steps} of the {num_steps} range-test steps ran in "
                                                         f"{cut.seconds:.1f} s",

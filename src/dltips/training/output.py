@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dltips.core.checks import check_args
 from dltips.core.deadline import Deadline
@@ -65,8 +64,9 @@ class OutputLayer:
     out_of_reach: float | None = None  # fraction of regression targets outside [low, high]
 
 
-def final_module(model: nn.Module, x: Any) -> tuple[str | None, nn.Module | None, Any]:
-    """(name, module, output): the leaf module whose output is the model's output, or (None, None, output)."""
+def final_module(model: nn.Module, x: Any, run: Callable[[], Any] | None = None) -> tuple[str | None, nn.Module | None, Any]:
+    """(name, module, output): the leaf module whose output is the model's output, or (None, None, output).
+    `run` makes the forward pass (default `model(x)`), e.g. through a Task's `outputs`."""
     names = {m: n for n, m in model.named_modules()}
     produced: list[tuple[nn.Module, torch.Tensor]] = []  # kept alive, so that `is` below compares live tensors
 
@@ -76,7 +76,7 @@ def final_module(model: nn.Module, x: Any) -> tuple[str | None, nn.Module | None
 
     handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
     try:
-        output = model(x)
+        output = run() if run is not None else model(x)
     finally:
         for h in handles:
             h.remove()
@@ -87,9 +87,9 @@ def final_module(model: nn.Module, x: Any) -> tuple[str | None, nn.Module | None
 def describe_output_layer(task: Task, model: nn.Module | None = None, max_items: int = MAX_ITEMS) -> OutputLayer:
     """What the final module can output, judged against the Task's kind, loss and training targets."""
     model = task.model if model is None else model
-    x, y = next(iter(DataLoader(task.train, batch_size=min(max_items, len(task.train)), shuffle=False)))
+    x, y = to_device(task.first_batch(task.train, max_items), model_device(model))
     with torch.no_grad(), eval_mode(model):
-        name, module, output = final_module(model, to_device(x, model_device(model)))
+        name, module, output = final_module(model, x, lambda: task.outputs(model, (x, y))[0])
     if module is None:
         return OutputLayer(None, None, -math.inf, math.inf)
     kind = type(module).__name__

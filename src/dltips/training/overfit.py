@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torch.utils.data._utils.collate import default_collate
 
 from dltips.core.checks import check_args, renamed_kwargs
 from dltips.core.deadline import Deadline
@@ -49,7 +48,6 @@ from dltips.predict import error_rate
 from dltips.task import IGNORE_INDEX, Task, as_logits, gradients_seen
 from dltips.training.floor import LossFloor, describe, loss_floor
 from dltips.training.lr import make_optimizer
-from dltips.training.step import take_step
 
 __all__ = ["OverfitResult", "Rung", "check_overfit_tiny", "overfit_ladder"]
 
@@ -236,7 +234,7 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
     """The rung's loop: fills in `rung` (steps, losses, curve, status, diagnosis) as it goes."""
     diagnosis, loss_fn = rung.diagnosis, task.loss_fn
     device = model_device(model)
-    x, y = _batch(task.train, indices, device)
+    x, y = _batch(task, task.train, indices, device)
     optimizer = make_optimizer(task, model)
     diagnosis["regularisation_switched_off"] = switch_off_regularisation(model, optimizer)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -268,10 +266,10 @@ def _train_rung(rung: Rung, task: Task, model: nn.Module, trainable: list[nn.Par
             step += 1
             if step == 1:
                 with gradients_seen(trainable) as reached:
-                    loss = take_step(model, (x, y), optimizer, loss_fn, task.step)
+                    loss = task.train_step(model, (x, y), optimizer)
                 diagnosis["gradient_fraction"] = len(reached) / len(trainable)
             else:
-                loss = take_step(model, (x, y), optimizer, loss_fn, task.step)
+                loss = task.train_step(model, (x, y), optimizer)
             monitor.log(loss=loss)
             losses.append(loss.float())
             rung.steps = step
@@ -321,7 +319,7 @@ def _evaluate(model: nn.Module, task: Task, loss_fn: Callable, x: Any, y: torch.
     try:
         with modes_kept(model):
             model.train(bool(norms))
-            output = model(x)
+            output, y = task.outputs(model, (x, y))
             loss = float(loss_fn(output, y))
     finally:
         for m, buffers in zip(norms, saved):
@@ -364,7 +362,7 @@ def _best_possible(task: Task, x: Any, y: torch.Tensor) -> tuple[float, float]:
 def _loss_floor(task: Task, loss_fn: Callable, model: nn.Module, x: Any, y: torch.Tensor) -> LossFloor:
     """The floor of the Task's loss on this batch, for outputs of the form the model gives (see training.floor)."""
     with torch.no_grad(), eval_mode(model):
-        output = model(x)
+        output, y = task.outputs(model, (x, y))
     return loss_floor(task.kind, loss_fn, output, y, task.output_form)
 
 
@@ -376,7 +374,7 @@ def _target_loss(task: Task, loss_fn: Callable, model: nn.Module, x: Any, y: tor
     reference = initial
     if len(y) > 1:  # predicting the mean of the rung's targets must not count as fitting them
         with torch.no_grad(), eval_mode(model):
-            shape = model(x).shape
+            shape = task.outputs(model, (x, y))[0].shape
         mean = y.float().mean(0, keepdim=True).expand_as(y).reshape(shape)
         with torch.no_grad():
             reference = min(initial, float(loss_fn(mean, y)))
@@ -568,6 +566,6 @@ def switch_off_regularisation(model: nn.Module, optimizer: torch.optim.Optimizer
     return {"dropout_layers": len(dropout), "weight_decay": decay}
 
 
-def _batch(data: Dataset, indices: list[int], device: torch.device) -> tuple[Any, torch.Tensor]:
-    x, y = default_collate([data[i] for i in indices])
+def _batch(task: Task, data: Dataset, indices: list[int], device: torch.device) -> tuple[Any, torch.Tensor]:
+    x, y = task.collate([data[i] for i in indices])
     return to_device(x, device), y.to(device)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dltips.core.checks import check_args
 from dltips.core.deadline import Deadline
@@ -60,11 +59,10 @@ def loss_reduction(task: Task, model: nn.Module | None = None, *, device: torch.
     model = task.model if model is None else model
     max_items = int_at_least("max_items", max_items, 1)
     device = resolve_device(device, model)
-    x, y = next(iter(DataLoader(task.train, batch_size=min(max_items, len(task.train)), shuffle=False)))
+    x, y = task.first_batch(task.train, max_items)
     run = model_on_device(model, device)
     with torch.no_grad(), eval_mode(run), rng_kept():
-        out = run(to_device(x, model_device(run)))
-        y = y.to(out.device)
+        out, y = task.outputs(run, to_device((x, y), model_device(run)))
         once = float(task.loss_fn(out, y))
         twice = float(task.loss_fn(torch.cat([out, out]), torch.cat([y, y])))
     if not (math.isfinite(once) and math.isfinite(twice)) or abs(once) < 1e-12:
