@@ -14,7 +14,7 @@ import dltips
 from dltips import ParamError, Recipe, Task, TaskError, fit, lr_find
 from dltips.core.state import get_rng_state
 from dltips.task import as_loss, gradients_seen
-from dltips.training.step import take_step
+from dltips.task import plain_step
 
 
 def data(n=64, seed=0):
@@ -85,13 +85,13 @@ def test_a_step_that_calls_backward_and_step_but_returns_a_float_is_accepted():
     assert torch.equal(as_loss(2.5), torch.tensor(2.5))
 
 
-def test_take_step_without_a_step_is_zero_grad_forward_backward_step():
+def test_the_plain_step_is_zero_grad_forward_backward_step():
     x, y = data(16).tensors
     a, b = model(), model()
     opt_a, opt_b = sgd(a.parameters()), sgd(b.parameters())
     for p in a.parameters():
-        p.grad = torch.ones_like(p)  # stale gradients: take_step must zero them first
-    loss = take_step(a, (x, y), opt_a, F.cross_entropy)
+        p.grad = torch.ones_like(p)  # stale gradients: the step must zero them first
+    loss = plain_step(a, (x, y), opt_a, F.cross_entropy)
     by_hand = F.cross_entropy(b(x), y)
     by_hand.backward()
     opt_b.step()
@@ -114,7 +114,7 @@ def test_gradients_seen_counts_gradients_that_the_step_zeroes_afterwards():
         return loss
 
     with gradients_seen(params) as reached:
-        take_step(net, (x, y), sgd(net.parameters()), F.cross_entropy, zero_after)
+        zero_after(net, (x, y), sgd(net.parameters()))
     assert reached == {3}  # the last layer's bias alone got a non-zero gradient, read before it was zeroed
     assert all(p.grad is None for p in params)
 
