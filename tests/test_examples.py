@@ -56,3 +56,15 @@ def test_own_step_the_doctor_passes_the_nanogpt_step_and_fails_it_without_zero_g
     healthy, buggy = proc.stdout.split("own-step-without-zero-grad:\n")
     assert healthy.splitlines()[1:] == ["  no warning, no failure"]
     assert "FAIL  gradient-accumulation: optimizer.zero_grad() is missing" in buggy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["mnist_style.py", "makemore_style.py", "tabular_mlp.py"])
+def test_public_program_styles_go_through_the_doctor_healthy(script, tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300,
+                          env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    statuses = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    assert statuses.count("PASS") >= 10, proc.stdout
+    assert "WARN" not in statuses and "FAIL" not in statuses, proc.stdout
+    assert re.search(r"PASS  overfit-tiny: Overfits (1, )?2, 8, 32 training items", proc.stdout), proc.stdout

@@ -470,7 +470,7 @@ def _labels_to_check(data: Dataset) -> torch.Tensor:
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         return data.tensors[1]
     n = min(len(data), _SCAN_ITEMS)
-    return torch.stack([torch.as_tensor(data[i][1]) for i in range(n)])
+    return torch.cat([torch.as_tensor(data[i][1]).reshape(-1) for i in range(n)])  # sequences may differ in length
 
 
 def _check_labels(split: str, data: Dataset, kind: str, n_classes: int | None, ignore_index: int = IGNORE_INDEX) -> None:

@@ -42,11 +42,14 @@ def dataset(name):
     if name == "digits-images":
         d = load_digits()
         return d.images[:, None] / 16.0, d.target
-    data = {"digits": load_digits, "wine": load_wine, "breast_cancer": load_breast_cancer}[name]()
+    data = {"digits": load_digits, "wine": load_wine, "breast_cancer": load_breast_cancer}[name.removesuffix("-bn")]()
     return standardise(data.data), data.target
 
 
 def model_for(name, n_in, n_out):
+    if name.endswith("-bn"):  # BatchNorm after each hidden layer: it moves the range test's minimum up
+        return nn.Sequential(nn.Linear(n_in, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 64), nn.BatchNorm1d(64),
+                             nn.ReLU(), nn.Linear(64, n_out))
     if name == "digits-images":
         return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, n_out))
@@ -69,23 +72,29 @@ def adamw(lr):
     return lambda p: torch.optim.AdamW(p, lr=lr)
 
 
+def adam(lr):
+    return lambda p: torch.optim.Adam(p, lr=lr)
+
+
 # The calibration of the module docstring: (data, optimizer, seed) -> status, and which side for warnings.
 HEALTHY = [(name, opt, seed) for name in ("digits", "wine", "breast_cancer", "spirals")
            for opt in ("adamw-default", "sgd") for seed in (0, 1)] + [("digits-images", "adamw-default", 0),
-                                                                    ("digits-images", "sgd", 0)]
+                                                                    ("digits-images", "sgd", 0)] + [
+    (f"{name}-bn", opt, seed) for name in ("breast_cancer", "wine") for opt in ("adam-3e-4", "adam-1e-3") for seed in (0, 1)]
 BROKEN = [(name, lr, 0) for name in ("wine", "spirals") for lr in (1.0, 10.0, 1e-7)] + [
     ("spirals", 1.0, 1), ("digits-images", 1.0, 0), ("digits-images", 1e-7, 0)]
 
 
 @pytest.mark.parametrize("name, opt, seed", HEALTHY)
 def test_calibration_healthy_learning_rates_pass(name, opt, seed):
-    task = make_task(name, None if opt == "adamw-default" else sgd, seed)
+    optimizer = {"adamw-default": None, "sgd": sgd, "adam-3e-4": adam(3e-4), "adam-1e-3": adam(1e-3)}[opt]
+    task = make_task(name, optimizer, seed)
     (f,) = check_lr(task, seed=seed)
     assert f.tip == "default-lr"
     assert f.status == "pass", f.message
     assert f.fix is None
     e = f.evidence
-    assert 1e-3 < e["ratio_to_min"] <= 1.0
+    assert lr_check.MIN_RATIO < e["ratio_to_min"] <= 1.0
 
 
 @pytest.mark.parametrize("name, lr, seed", BROKEN)
@@ -97,7 +106,7 @@ def test_calibration_broken_learning_rates_warn(name, lr, seed):
     if lr >= 1.0:
         assert e["ratio_to_min"] > 1.0 and "past the loss minimum" in f.title
     else:
-        assert e["ratio_to_min"] < 1e-3 and "far below" in f.title
+        assert e["ratio_to_min"] < lr_check.MIN_RATIO and "far below" in f.title
     assert f"{e['suggestion']:.3g}" in f.fix
 
 
@@ -157,7 +166,7 @@ def fake_curve(min_lr):
 @pytest.mark.parametrize(
     "task_lr, status, side",
     [(0.05, "pass", None), (0.09, "pass", None), (0.12, "warn", "past"), (1.2e-4, "pass", None),
-     (5e-5, "warn", "far below"), (1e-6, "warn", "far below")],
+     (5e-5, "pass", None), (1.2e-6, "pass", None), (8e-7, "warn", "far below"), (1e-8, "warn", "far below")],
 )
 def test_verdict_thresholds_against_a_known_curve(monkeypatch, task_lr, status, side):
     curve = fake_curve(0.1)

@@ -30,7 +30,7 @@ from dltips.core.deadline import Deadline
 from dltips.core.device import model_device, model_on_device, resolve_device, to_device
 from dltips.core.state import eval_mode, rng_kept
 from dltips.findings import Finding
-from dltips.task import Task
+from dltips.task import IGNORE_INDEX, Task
 
 __all__ = ["check_causal_leak"]
 
@@ -65,7 +65,10 @@ def check_causal_leak(
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point() or x.shape[1] < 2:
         return [_skip("No token sequences to probe for a causal leak",
                       "The inputs are not a (batch, tokens) tensor of token ids.")]
-    shifted = float((x[:, 1:] == y[:, :-1]).double().mean()) if y.shape == x.shape else 0.0
+    shifted = 0.0
+    if y.shape == x.shape:  # over the counted targets: padding after the end of a sequence is not a target
+        counted = y[:, :-1] != IGNORE_INDEX
+        shifted = float((x[:, 1:] == y[:, :-1])[counted].double().mean()) if bool(counted.any()) else 0.0
     if shifted < SHIFTED:
         return [_skip("The targets are not the next tokens",
                       f"The targets equal the inputs shifted by one token on {shifted:.0%} of the positions (below "

@@ -131,11 +131,12 @@ class UnseenMass:
 # ---------------------------------------------------------------------- training counts
 
 
-def token_counts(dataset: Dataset, vocab_size: int, max_items: int | None = None) -> torch.Tensor:
+def token_counts(dataset: Dataset, vocab_size: int, max_items: int | None = None,
+                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """How often each token id occurs among the targets of a language-model dataset (int64, length `vocab_size`).
 
-    Items are `(tokens[T], next_tokens[T])`; targets equal to IGNORE_INDEX
-    (-100) are not counted. A TensorDataset (or a Subset of one) is counted in
+    Items are `(tokens[T], next_tokens[T])`; targets equal to `ignore_index`
+    (torch's -100 by default) are not counted. A TensorDataset (or a Subset of one) is counted in
     one pass over its target tensor; other datasets are read item by item. With
     `max_items`, only that many evenly spaced items are read.
     """
@@ -148,11 +149,11 @@ def token_counts(dataset: Dataset, vocab_size: int, max_items: int | None = None
     counts = torch.zeros(vocab_size, dtype=torch.long)
     if targets is not None:
         chosen = targets if len(positions) == len(targets) else targets[torch.as_tensor(positions, dtype=torch.long)]
-        return counts + _bincount(chosen, vocab_size)
+        return counts + _bincount(chosen, vocab_size, ignore_index)
     for start in range(0, len(positions), _SCAN_CHUNK):
         chunk = [torch.as_tensor(dataset[i][1]).flatten() for i in positions[start:start + _SCAN_CHUNK]]
         if chunk:
-            counts += _bincount(torch.cat(chunk), vocab_size)
+            counts += _bincount(torch.cat(chunk), vocab_size, ignore_index)
     return counts
 
 
@@ -165,16 +166,16 @@ def _target_tensor(dataset: Dataset) -> torch.Tensor | None:
     return None
 
 
-def _bincount(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Counts of the ids in `targets`, IGNORE_INDEX left out; ids outside [0, vocab_size) raise ParamError."""
+def _bincount(targets: torch.Tensor, vocab_size: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Counts of the ids in `targets`, `ignore_index` left out; ids outside [0, vocab_size) raise ParamError."""
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise ParamError(f"language-model targets must be integer token ids, got dtype {targets.dtype}")
     ids = targets.flatten().long().cpu()
-    ids = ids[ids != IGNORE_INDEX]
+    ids = ids[ids != ignore_index]
     if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         bad = ids[(ids < 0) | (ids >= vocab_size)]
         raise ParamError(f"targets hold token ids outside [0, {vocab_size}) (e.g. {int(bad[0])}); "
-                         f"vocab_size must exceed every id, and only {IGNORE_INDEX} marks an ignored target")
+                         f"vocab_size must exceed every id, and only {ignore_index} marks an ignored target")
     return torch.bincount(ids, minlength=vocab_size)
 
 
@@ -207,7 +208,8 @@ def measure_unseen_mass(
     instance("task", task, Task, "a dltips.Task")
     model = task.model if model is None else instance("model", model, nn.Module, "an nn.Module or None")
     max_items = MAX_ITEMS if max_items is None else positive_int("max_items", max_items)
-    counts = token_counts(task.train, task.n_classes) if counts is None else _check_counts(counts, task.n_classes)
+    counts = token_counts(task.train, task.n_classes, ignore_index=task.ignore_index) if counts is None \
+        else _check_counts(counts, task.n_classes)
     device = resolve_device(device, model)
     if any(p.device != device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
@@ -283,7 +285,8 @@ def check_unseen_tokens(
     callable_or_none("decode", decode)
     if task.kind != "language-model":
         return []
-    counts = token_counts(task.train, task.n_classes) if counts is None else _check_counts(counts, task.n_classes)
+    counts = token_counts(task.train, task.n_classes, ignore_index=task.ignore_index) if counts is None \
+        else _check_counts(counts, task.n_classes)
     name = _namer(decode)
     n_unseen = int((counts == 0).sum())
     total = int(counts.sum())

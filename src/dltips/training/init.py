@@ -110,7 +110,7 @@ class ExpectedLoss:
 
 def expected_initial_loss(task: Task) -> ExpectedLoss:
     """The initial loss the task implies, computed from its training targets."""
-    y = training_targets(task.train)
+    y = task.counted_targets(training_targets(task.train))
     kind = task.kind
     if kind in ("classification", "language-model"):
         counted = y[y != IGNORE_INDEX].long().flatten()
