@@ -168,3 +168,42 @@ def test_labels_of_minus_one_name_ignore_index_and_it_is_honoured_everywhere():
     assert found["initialization"].status == "pass" and found["unseen-tokens"].status == "pass"
     counted = int((makemore_like().tensors[1] != -1).sum())  # the -1 targets are not counted as tokens
     assert f"among the {counted} training targets" in found["unseen-tokens"].message
+
+
+def test_a_dict_of_the_forwards_named_inputs_is_passed_as_keywords():
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, VOCAB)
+
+        def forward(self, input_ids, attention_mask=None):
+            return {"logits": self.emb(input_ids) * attention_mask.unsqueeze(-1), "past": None}
+
+    class Whole(nn.Module):  # takes the dict as one argument, as TabularModel does
+        def forward(self, x):
+            return x["cat"].float() @ torch.ones(3, 2)
+
+    ids = torch.randint(0, VOCAB, (6, 5))
+    named = [({"input_ids": ids[i], "attention_mask": torch.ones(5, dtype=torch.long)}, ids[i]) for i in range(6)]
+    task = Task(Named(), named, named, kind="language-model")
+    x, y = task.first_batch(task.train, 6)
+    assert torch.equal(task.outputs(task.model, (x, y))[0], task.model.emb(ids))
+    whole = [({"cat": torch.ones(3)}, 1) for _ in range(4)]
+    assert Task(Whole(), whole, whole, n_classes=2).n_classes == 2
+
+
+def test_a_hugging_face_causal_lm_built_from_a_config_is_a_task():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                                     eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (24, 9), generator=g)
+    items = [({"input_ids": t[:-1], "attention_mask": torch.ones(8, dtype=torch.long)}, t[1:]) for t in tokens]
+    task = Task(model, items[:16], items[16:], kind="language-model", batch_size=8)
+    assert task.n_classes == VOCAB  # read from the ModelOutput's logits
+    report = dltips.doctor(task, budget_s=30, only=["initialization", "error-gaps"], progress=False)
+    statuses = {f.title: f.status for f in report.findings}
+    assert statuses["The model does not see future tokens"] == "pass"  # GPT-2's causal mask, seen through **x
+    assert any(f.tip == "initialization" and f.status == "pass" for f in report.findings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import warnings
 from collections.abc import Mapping
@@ -44,8 +45,10 @@ class Task:
     """A model and its data: everything dltips needs to check or train it.
 
     Items of `train`, `valid` and `test` are `(x, y)` pairs, with `x` a tensor
-    (or a dict of tensors, handed to the model as one argument) and `y` a tensor
-    or a number. `n_classes` is the number of classes (the vocabulary size for a
+    or a dict of tensors and `y` a tensor or a number. A dict whose every key
+    names an argument of the model's `forward` is passed as `model(**x)`, as
+    Hugging Face models take their input_ids and attention_mask; any other dict
+    is handed to the model as one argument. `n_classes` is the number of classes (the vocabulary size for a
     language model); left as None it is read from the model's output.
 
     The splits may be DataLoaders: their datasets are used, with the train
@@ -144,7 +147,7 @@ class Task:
         else `model(x)`, the prediction picked from the output by `select_output`."""
         if self.forward is None:
             x, y = batch
-            return select_output(model(x), self.output), y
+            return select_output(call_model(model, x), self.output), y
         x, y = batch
         output, target = self.forward(model, (x, self._to_users(y)))
         return select_output(output, self.output), self.counted_targets(torch.as_tensor(target))
@@ -387,6 +390,22 @@ def _check_items(split: str, data: Any) -> None:
         raise TaskError(split, f"inputs of type {type(x).__name__}", "x a tensor or a dict of tensors")
     if not isinstance(y, (torch.Tensor, int, float)):
         raise TaskError(split, f"targets of type {type(y).__name__}", "y a tensor, an int or a float")
+
+
+def call_model(model: nn.Module, x: Any) -> Any:
+    """`model(**x)` for a dict of inputs whose every key names an argument of `model.forward` (a Hugging Face
+    model's input_ids, attention_mask, ...), else `model(x)` (a dict handed whole, as TabularModel takes it)."""
+    if isinstance(x, Mapping) and x and all(isinstance(k, str) for k in x) and set(x) <= _named_arguments(model):
+        return model(**x)
+    return model(x)
+
+
+def _named_arguments(model: nn.Module) -> set[str]:
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def select_output(output: Any, selector: int | str | Callable | None = None) -> Any:

@@ -34,17 +34,17 @@ from dltips.diagnosis.report import Report
 from dltips.findings import Finding
 from dltips.monitor.metrics import MIN_EVALUATIONS, MetricTracker, higher_is_better
 from dltips.monitor.watch import DEFAULT_EVERY, Watch
-from dltips.task import KINDS, Task
+from dltips.task import KINDS, Task, select_output
+from dltips.task import call_model as task_call_model
 
 Forward = Callable[[nn.Module, Any], torch.Tensor]  # (model, inputs) -> outputs (logits, or predictions)
 
 
 def call_model(model: nn.Module, x: Any) -> torch.Tensor:
-    """The default forward: `model(x)`, or `model(**x)` for a dict of named inputs; the logits are taken
-    from an output that carries them (a Hugging Face ModelOutput, a dict with "logits")."""
-    output = model(**x) if isinstance(x, Mapping) else model(x)
-    logits = output_field(output, "logits")
-    return output if logits is None else logits
+    """The default forward: as a Task calls its model (`model(**x)` for a dict of the forward's named
+    inputs, else `model(x)`), the prediction taken from the output as a Task takes it (a Hugging Face
+    ModelOutput's or a dict's "logits", a tuple's first non-scalar tensor)."""
+    return select_output(task_call_model(model, x))
 
 
 def output_field(output: Any, name: str) -> Any:

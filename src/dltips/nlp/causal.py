@@ -22,6 +22,8 @@ next tokens.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -61,7 +63,8 @@ def check_causal_leak(
     if task.kind != "language-model":
         return [_skip("The causal-leak probe is for language models", f"This Task's kind is {task.kind!r}.")]
     n = min(MAX_ITEMS if max_items is None else max_items, len(task.valid))
-    x, y = task.first_batch(task.valid, n)
+    inputs, y = task.first_batch(task.valid, n)
+    x = inputs.get("input_ids") if isinstance(inputs, Mapping) else inputs  # a Hugging Face batch: its token ids
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point() or x.shape[1] < 2:
         return [_skip("No token sequences to probe for a causal leak",
                       "The inputs are not a (batch, tokens) tensor of token ids.")]
@@ -80,8 +83,9 @@ def check_causal_leak(
     changes = {}
     on = model_device(run)
 
-    def outputs(inputs: torch.Tensor) -> torch.Tensor:
-        return task.outputs(run, (to_device(inputs, on), y.to(on)))[0].float()
+    def outputs(tokens: torch.Tensor) -> torch.Tensor:
+        batch = {**inputs, "input_ids": tokens} if isinstance(inputs, Mapping) else tokens
+        return task.outputs(run, (to_device(batch, on), y.to(on)))[0].float()
 
     with torch.no_grad(), eval_mode(run), rng_kept():
         base = outputs(x)
