@@ -12,6 +12,7 @@ import functools
 import inspect
 import math
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -122,6 +123,39 @@ class Task:
             self.batch_size = DEFAULT_BATCH_SIZE
 
     # ------------------------------------------------------------------ how dltips drives the user's objects
+
+    def optimizer_for(self, model: nn.Module) -> Any:
+        """The Task's optimizer over `model`'s parameters: `optimizer(model.parameters())`, or built from the
+        model itself by a `ModelOptimizer`; None when the Task has no optimizer."""
+        if isinstance(self.optimizer, ModelOptimizer):
+            return self.optimizer.for_model(model)
+        return self.optimizer(model.parameters()) if self.optimizer is not None else None
+
+    @classmethod
+    def from_lightning(cls, module: nn.Module, datamodule: Any = None, **fields: Any) -> Task:
+        """A Task from a LightningModule (and its LightningDataModule), the module unchanged.
+
+        The data are the datamodule's loaders (after its `prepare_data()` and `setup("fit")`), else the
+        module's: `train_dataloader()`, `val_dataloader()` (required: the doctor needs held-out data) and
+        `test_dataloader()` when there is one. Each copy dltips trains gets the optimizer and scheduler that
+        its own `configure_optimizers()` returns (the first optimizer; the scheduler with its "interval"),
+        and is trained by its own `training_step(batch, batch_idx)` (automatic optimization: zero_grad, the
+        step's loss, backward, optimizer.step()). `fields` are the other Task fields: `kind`, `n_classes`,
+        `loss` (what dltips evaluates `module(x)` with; the kind's default otherwise), `name`, ...
+        Batches must be `(x, y)` pairs. Lightning itself is not imported: any object with these methods
+        works.
+        """
+        if not getattr(module, "automatic_optimization", True):
+            raise TaskError("model", "a LightningModule with automatic_optimization=False",
+                            "automatic optimization: a manual training_step needs Lightning's Trainer "
+                            "(self.optimizers(), self.manual_backward())")
+        train, valid, test = _lightning_loaders(module, datamodule)
+        _, scheduler, interval = lightning_optimizers(module.configure_optimizers())  # the form, read once
+        optimizer = ModelOptimizer(lambda model: lightning_optimizers(model.configure_optimizers())[:2])
+        fields.setdefault("name", type(module).__name__)
+        return cls(module, train, valid, test, optimizer=optimizer, step=lightning_step,
+                   scheduler=optimizer.scheduler_for if scheduler is not None else None, scheduler_interval=interval,
+                   **fields)
 
     def collate(self, items: list) -> tuple[Any, torch.Tensor]:
         """A batch `(x, y)` of `items`, by the Task's `collate_fn` (default_collate), its targets with
@@ -621,8 +655,7 @@ def _check_step(task: Task, batch_items: int = 32) -> None:
     with rng_kept(), training_copy(task.model) as model:
         batch = to_device((x, task._to_users(y)), model_device(model))
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = task.optimizer(model.parameters()) if task.optimizer is not None \
-            else torch.optim.AdamW(model.parameters())
+        optimizer = task.optimizer_for(model) or torch.optim.AdamW(model.parameters())
         stepped: list[int] = []
         handle = optimizer.register_step_post_hook(lambda *_: stepped.append(1))
         model.train()
@@ -649,3 +682,107 @@ def _check_step(task: Task, batch_items: int = 32) -> None:
         raise TaskError("step", "a step that did not call optimizer.step() on the optimizer it was given",
                         "a step that updates the model with the optimizer it receives (built from "
                         "Task.optimizer, or AdamW when the Task has none)")
+
+
+# ---------------------------------------------------------------------- optimizers built from the model, Lightning
+
+
+class ModelOptimizer:
+    """An optimizer factory that builds from the model itself: `build(model) -> (optimizer, scheduler or None)`.
+
+    A Task's `optimizer` may be one (`Task.from_lightning` makes one from `configure_optimizers`): each
+    copy dltips trains then gets the optimizer its own parameters need, and `scheduler_for(optimizer)`
+    (the Task's `scheduler`) the scheduler built with that optimizer.
+    """
+
+    def __init__(self, build: Callable[[nn.Module], tuple[Any, Any]]):
+        self.build = build
+        self._schedulers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __call__(self, params: Any) -> Any:
+        raise TypeError("this optimizer is built from the model, not from its parameters: use "
+                        "task.optimizer_for(model)")
+
+    def for_model(self, model: nn.Module) -> Any:
+        optimizer, scheduler = self.build(model)
+        if scheduler is not None:
+            self._schedulers[optimizer] = scheduler
+        return optimizer
+
+    def scheduler_for(self, optimizer: Any) -> Any:
+        scheduler = self._schedulers.get(optimizer)
+        if scheduler is None:
+            raise TaskError("scheduler", "an optimizer that this Task's ModelOptimizer did not build",
+                            "the optimizer of task.optimizer_for(model)")
+        return scheduler
+
+
+def lightning_optimizers(configured: Any) -> tuple[Any, Any, str]:
+    """(optimizer, scheduler or None, "epoch" or "step") from what a LightningModule's `configure_optimizers`
+    returns: an optimizer; a dict with "optimizer" and "lr_scheduler" (a scheduler, or a dict with
+    "scheduler" and "interval"); a list of either (the first is used); or ([optimizers], [schedulers])."""
+    def scheduler_of(entry: Any) -> tuple[Any, str]:
+        if isinstance(entry, Mapping):
+            return entry.get("scheduler"), entry.get("interval", "epoch")
+        return entry, "epoch"
+
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured, None, "epoch"
+    if isinstance(configured, Mapping) and "optimizer" in configured:
+        return (configured["optimizer"], *scheduler_of(configured.get("lr_scheduler")))
+    if isinstance(configured, (list, tuple)) and configured:
+        if len(configured) == 2 and isinstance(configured[0], (list, tuple)) and isinstance(configured[1], (list, tuple)):
+            schedulers = configured[1]
+            return (configured[0][0], *scheduler_of(schedulers[0] if schedulers else None))
+        return lightning_optimizers(configured[0])
+    raise TaskError("optimizer", f"configure_optimizers() returning {type(configured).__name__}",
+                    "an optimizer, a dict with 'optimizer' (and 'lr_scheduler'), or a list of them")
+
+
+def lightning_step(model: nn.Module, batch: Any, optimizer: Any) -> torch.Tensor:
+    """One automatic-optimization step of a LightningModule: zero_grad, `training_step`, backward, step."""
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # self.log() without a Trainer warns that it logs nothing: nothing to log here
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        out = model.training_step(batch, 0)
+    loss = out.get("loss") if isinstance(out, Mapping) else out
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"training_step returned {type(out).__name__}; expected the loss (a tensor, or a dict "
+                        "with 'loss')")
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _lightning_loaders(module: Any, datamodule: Any) -> tuple[Any, Any, Any]:
+    """(train, valid, test) loaders of the datamodule, else of the module; test None when there is none."""
+    source = module if datamodule is None else datamodule
+    if datamodule is not None:
+        for hook, args in (("prepare_data", ()), ("setup", ("fit",))):
+            if callable(getattr(datamodule, hook, None)):
+                getattr(datamodule, hook)(*args)
+
+    def loader(name: str) -> Any:
+        if not _user_defined(source, name):  # Lightning's own hooks raise MisconfigurationException
+            return None
+        found = getattr(source, name)()
+        return found[0] if isinstance(found, (list, tuple)) and found else found
+
+    train, valid = loader("train_dataloader"), loader("val_dataloader")
+    for split, found, name in (("train", train, "train_dataloader"), ("valid", valid, "val_dataloader")):
+        if found is None:
+            raise TaskError(split, f"no {name}() on the {'datamodule' if datamodule is not None else 'module'}",
+                            f"a {name}() that returns a DataLoader (the doctor needs training and held-out data)")
+    if not _user_defined(source, "test_dataloader"):
+        return train, valid, None
+    if datamodule is not None and callable(getattr(datamodule, "setup", None)):
+        datamodule.setup("test")
+    return train, valid, loader("test_dataloader")
+
+
+def _user_defined(obj: Any, name: str) -> bool:
+    """Whether `obj.name` is a method written outside Lightning (its base classes define every hook)."""
+    owner = next((klass for klass in type(obj).__mro__ if name in vars(klass)), None)
+    if owner is None or not callable(getattr(obj, name, None)):
+        return False
+    return not owner.__module__.startswith(("lightning.", "pytorch_lightning.", "lightning_fabric."))

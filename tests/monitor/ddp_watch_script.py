@@ -1,5 +1,6 @@
 """Run by test_watch_ddp.py under torchrun: a 2-process DDP loop inside dltips.watch."""
 
+import gc
 import os
 import sys
 
@@ -47,4 +48,6 @@ if __name__ == "__main__":
             optimizer.step()
             w.log(loss=loss)
     torch.save({"samples": w.samples}, os.path.join(out, f"rank{rank}.pt"))
+    del model, optimizer, w  # the DDP wrapper holds the group: free it first (gloo aborts a process that frees it at exit)
+    gc.collect()
     dist.destroy_process_group()

@@ -1,3 +1,4 @@
+import gc
 import math
 import os
 import warnings
@@ -161,6 +162,8 @@ def _ddp_worker(rank, world_size, port, out_dir):
         with acc.micro_batch(n_items=n):
             acc.backward(F.cross_entropy(model(x[s:s + n]), y[s:s + n], reduction="sum"))
     torch.save({"grads": opt.seen[0], "calls": len(calls)}, os.path.join(out_dir, f"rank{rank}.pt"))
+    del acc, model  # the DDP wrapper holds the group: free it first (gloo aborts a process that frees it at exit)
+    gc.collect()
     dist.destroy_process_group()
 
 

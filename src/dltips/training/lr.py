@@ -89,9 +89,11 @@ def default_lr(model: nn.Module | int, optimizer: str = "adamw") -> float:
 
 
 def make_optimizer(task: Any, model: nn.Module, lr: float | None = None) -> Optimizer:
-    """`task.optimizer(model.parameters())`, or AdamW at `lr` (default: `default_lr(model)`) when the Task has none."""
-    if task.optimizer is not None:
-        return task.optimizer(model.parameters())
+    """The Task's optimizer over `model`'s parameters (`Task.optimizer_for`), or AdamW at `lr` (default:
+    `default_lr(model)`) when the Task has none."""
+    optimizer = task.optimizer_for(model)
+    if optimizer is not None:
+        return optimizer
     return torch.optim.AdamW(model.parameters(), lr=lr if lr is not None else default_lr(model))
 
 

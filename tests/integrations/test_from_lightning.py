@@ -1,0 +1,134 @@
+"""Task.from_lightning: a LightningModule and its datamodule through the doctor and fit, unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import dltips
+from dltips import Task, TaskError, fit
+from dltips.task import lightning_optimizers
+
+L = pytest.importorskip("lightning.pytorch")
+
+
+def blobs(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.eye(4)[:3] * 3
+    y = torch.randint(0, 3, (n,), generator=g)
+    return TensorDataset(centers[y] + torch.randn(n, 4, generator=g), y)
+
+
+class Blobs(L.LightningDataModule):
+    def __init__(self):
+        super().__init__()
+        self.stages = []
+
+    def setup(self, stage):
+        self.stages.append(stage)
+        self.train, self.valid = blobs(192, 0), blobs(64, 1)
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=32, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.valid, batch_size=64)
+
+
+class TrainOnly(L.LightningDataModule):
+    def train_dataloader(self):
+        return DataLoader(blobs(64, 0), batch_size=32)
+
+
+class WithTest(Blobs):
+    def test_dataloader(self):
+        return DataLoader(blobs(32, 2), batch_size=32)
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, interval="epoch"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+        self.interval, self.steps = interval, 0
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.steps += 1
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return {"loss": loss}
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.interval}}
+
+
+def test_the_datamodules_loaders_the_modules_optimizer_scheduler_and_step_make_the_task():
+    data, module = Blobs(), Classifier()
+    task = Task.from_lightning(module, data)
+    assert data.stages == ["fit"] and task.test is None  # no test_dataloader: no test stage, no test split
+    assert task.train is data.train and task.valid is data.valid and task.batch_size == 32
+    with_test = Task.from_lightning(Classifier(), WithTest())
+    assert len(with_test.test) == 32 and with_test.train is not None
+    assert task.name == "Classifier" and task.scheduler_interval == "epoch"
+    copy = Classifier()
+    optimizer = task.optimizer_for(copy)  # built by the copy's own configure_optimizers, over its parameters
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["params"][0] is copy.net[0].weight
+    assert isinstance(task.scheduler(optimizer), torch.optim.lr_scheduler.StepLR)
+
+
+def test_fit_trains_with_training_step_and_the_scheduler_per_epoch():
+    data, module = Blobs(), Classifier()
+    task = Task.from_lightning(module, data)
+    lrs = []
+
+    class Record(dltips.Callback):
+        def on_epoch_end(self, state):
+            lrs.append(state.optimizer.param_groups[0]["lr"])
+
+    module.steps = 0
+    result = fit(task, epochs=3, recipe=dltips.Recipe(), callbacks=[Record()], progress=False)
+    assert module.steps == result.steps == 18  # 192 rows / 32, three epochs, each by the module's training_step
+    assert lrs == pytest.approx([0.1, 0.09, 0.081])  # each epoch's LR: StepLR per epoch, in place of the one-cycle
+    assert result.history[-1]["valid_accuracy"] > 0.9
+
+
+def test_the_doctor_passes_a_healthy_module_and_leaves_it_unchanged():
+    data, module = Blobs(), Classifier()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    report = dltips.doctor(Task.from_lightning(module, data), budget_s=30, progress=False)
+    assert not [(f.tip, f.title) for f in report.findings if f.status in ("warn", "fail")]
+    assert any(f.tip == "overfit-tiny" and f.status == "pass" for f in report.findings)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert all(p.grad is None for p in module.parameters())
+
+
+def test_configure_optimizers_forms_and_refusals():
+    p = [nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD(p, lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    assert lightning_optimizers(opt) == (opt, None, "epoch")
+    assert lightning_optimizers([opt]) == (opt, None, "epoch")
+    assert lightning_optimizers(([opt], [sched])) == (opt, sched, "epoch")
+    assert lightning_optimizers(([opt], [{"scheduler": sched, "interval": "step"}])) == (opt, sched, "step")
+    assert lightning_optimizers({"optimizer": opt, "lr_scheduler": sched}) == (opt, sched, "epoch")
+    with pytest.raises(TaskError, match="configure_optimizers"):
+        lightning_optimizers("adam")
+
+    class Manual(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    with pytest.raises(TaskError, match="automatic_optimization=False"):
+        Task.from_lightning(Manual(), Blobs())
+    with pytest.raises(TaskError, match="val_dataloader"):
+        Task.from_lightning(Classifier(), TrainOnly())
