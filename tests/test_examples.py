@@ -59,7 +59,8 @@ def test_own_step_the_doctor_passes_the_nanogpt_step_and_fails_it_without_zero_g
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["mnist_style.py", "makemore_style.py", "tabular_mlp.py", "lightning_doctor.py"])
+@pytest.mark.parametrize("script", ["mnist_style.py", "makemore_style.py", "tabular_mlp.py", "lightning_doctor.py",
+                                    "transformers_doctor.py"])
 def test_public_program_styles_go_through_the_doctor_healthy(script, tmp_path):
     proc = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300,
                           env=ENV, cwd=tmp_path)

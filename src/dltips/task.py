@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from dltips.core.device import model_device, to_device
@@ -156,6 +156,29 @@ class Task:
         return cls(module, train, valid, test, optimizer=optimizer, step=lightning_step,
                    scheduler=optimizer.scheduler_for if scheduler is not None else None, scheduler_interval=interval,
                    **fields)
+
+    @classmethod
+    def from_transformers(cls, model: nn.Module, train_dataset: Any, eval_dataset: Any,
+                          data_collator: Callable | None = None, **fields: Any) -> Task:
+        """A Task from a Hugging Face model and the datasets a `Trainer` would take.
+
+        Items are dicts (`input_ids`, `attention_mask`, ..., and `labels` or `label`), as lists or tensors,
+        of any length. `data_collator` batches them as the Trainer would (it may set the labels); without
+        one, sequences are padded (the config's pad_token_id, else 0; attention_mask 0; labels -100). The
+        inputs go to the model as `model(**inputs)` and its `logits` are the prediction. The kind is read
+        from the head: a causal LM ("...ForCausalLM", "...LMHeadModel") is a "language-model" whose targets
+        are the labels (or the input_ids) shifted by one, as the model shifts them for its own loss; a
+        "...ForSequenceClassification" head is "classification", "regression" (one label or
+        problem_type "regression") or "multilabel"; pass `kind=` otherwise. dltips's loss for these kinds
+        is the loss the model computes itself (mean cross-entropy over counted tokens, or MSE).
+        """
+        kind = fields.pop("kind", None) or _hf_kind(model)
+        causal = kind == "language-model"
+        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+        collate = functools.partial(_hf_collate, data_collator, causal, 0 if pad is None else int(pad))
+        fields.setdefault("name", type(model).__name__)
+        return cls(model, HFItems(train_dataset, causal), HFItems(eval_dataset, causal), kind=kind,
+                   collate_fn=collate, **fields)
 
     def collate(self, items: list) -> tuple[Any, torch.Tensor]:
         """A batch `(x, y)` of `items`, by the Task's `collate_fn` (default_collate), its targets with
@@ -522,8 +545,22 @@ def _infer_n_classes(kind: str, output: Any) -> int | None:
 def _labels_to_check(data: Dataset) -> torch.Tensor:
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         return data.tensors[1]
-    n = min(len(data), _SCAN_ITEMS)
-    return torch.cat([torch.as_tensor(data[i][1]).reshape(-1) for i in range(n)])  # sequences may differ in length
+    return read_targets(data, range(min(len(data), _SCAN_ITEMS))).reshape(-1)
+
+
+def read_targets(data: Dataset, positions: Any = None) -> torch.Tensor:
+    """The targets of `data` (all, or at `positions`): a two-tensor TensorDataset's (or its Subset's) target
+    tensor, else read item by item, stacked when they share one shape, else flattened and joined (sequences
+    of different lengths)."""
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        return data.tensors[1] if positions is None else data.tensors[1][torch.as_tensor(list(positions), dtype=torch.long)]
+    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset) and len(data.dataset.tensors) == 2:
+        chosen = data.indices if positions is None else [data.indices[i] for i in positions]
+        return data.dataset.tensors[1][torch.as_tensor(chosen, dtype=torch.long)]
+    targets = [torch.as_tensor(data[i][1]) for i in (range(len(data)) if positions is None else positions)]
+    if all(t.shape == targets[0].shape for t in targets):
+        return torch.stack(targets)
+    return torch.cat([t.reshape(-1) for t in targets])
 
 
 def _check_labels(split: str, data: Dataset, kind: str, n_classes: int | None, ignore_index: int = IGNORE_INDEX) -> None:
@@ -786,3 +823,70 @@ def _user_defined(obj: Any, name: str) -> bool:
     if owner is None or not callable(getattr(obj, name, None)):
         return False
     return not owner.__module__.startswith(("lightning.", "pytorch_lightning.", "lightning_fabric."))
+
+
+# ---------------------------------------------------------------------- Hugging Face datasets
+
+
+def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Causal-LM labels aligned with the logits: labels[:, 1:], then IGNORE_INDEX in the last position."""
+    if labels.dim() < 2:
+        raise ValueError(f"causal-LM labels must be (batch, tokens), got shape {tuple(labels.shape)}")
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+
+
+class HFItems(Dataset):
+    """A Hugging Face dataset's dict items as `(inputs, labels)` pairs of tensors: `labels` (or `label`), or
+    for a causal LM without them its `input_ids`; unshifted, unpadded."""
+
+    def __init__(self, dataset: Any, causal: bool):
+        self.dataset, self.causal = dataset, causal
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        item = self.dataset[i]
+        if not isinstance(item, Mapping):
+            raise TaskError("train", f"items of type {type(item).__name__}", "dicts of input_ids, ... and labels")
+        inputs = {k: torch.as_tensor(v) for k, v in item.items() if k not in ("labels", "label")}
+        label = item.get("labels", item.get("label"))
+        if label is None:
+            if not self.causal:
+                raise TaskError("train", "items without 'labels' or 'label'", "a label per item for this head")
+            label = inputs["input_ids"]
+        return inputs, torch.as_tensor(label)
+
+
+def _hf_collate(collator: Callable | None, causal: bool, pad_id: int, items: list) -> tuple[dict, torch.Tensor]:
+    """(inputs, targets) of `items`: by the data collator when given, else padded; causal targets shifted."""
+    if collator is not None:
+        batch = dict(collator([{**inputs, "labels": label} for inputs, label in items]))
+        labels = batch.pop("labels")
+    else:
+        keys = items[0][0].keys()
+        values = {"input_ids": pad_id, "attention_mask": 0}
+        batch = {k: _padded([inputs[k] for inputs, _ in items], values.get(k, 0)) for k in keys}
+        labels = _padded([label for _, label in items], IGNORE_INDEX)
+        if "attention_mask" not in batch and "input_ids" in batch and batch["input_ids"].dim() == 2:
+            lengths = torch.tensor([len(inputs["input_ids"]) for inputs, _ in items])
+            batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
+    return batch, shifted_labels(labels) if causal else labels
+
+
+def _padded(values: list[torch.Tensor], pad: int) -> torch.Tensor:
+    if values[0].dim() == 0 or all(v.shape == values[0].shape for v in values):
+        return torch.stack(values)
+    return torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=pad)
+
+
+def _hf_kind(model: nn.Module) -> str:
+    name, config = type(model).__name__, getattr(model, "config", None)
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return "language-model"
+    if name.endswith("ForSequenceClassification"):
+        problem = getattr(config, "problem_type", None)
+        if problem == "regression" or (problem is None and getattr(config, "num_labels", 2) == 1):
+            return "regression"
+        return "multilabel" if problem == "multi_label_classification" else "classification"
+    raise TaskError("kind", f"a {name}, whose head dltips cannot name", "kind= given with the model")

@@ -480,3 +480,10 @@ def test_the_ladder_copies_the_model_it_is_given_not_the_tasks():
     assert result.rungs[0].status == "failed" and "frozen" in result.rungs[0].reason
     assert overfit_ladder(task, sizes=(1, 2)).rungs[0].status == "passed"
     assert all(p.grad is None for p in frozen.parameters())
+
+
+def test_a_share_below_one_is_never_printed_as_100_percent():
+    from dltips.training.overfit import _share
+
+    assert [_share(v) for v in (0.998, 1.0, 0.5, 0.0001, 0.99999, 0.0)] == \
+        ["99.80%", "100%", "50%", "0.01%", "99.9990%", "0%"]

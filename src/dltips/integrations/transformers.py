@@ -59,7 +59,7 @@ from torch import nn
 from dltips.diagnosis.report import Report
 from dltips.integrations.session import Session, call_model, items_in, output_field, plain_optimizer, validation_metrics
 from dltips.monitor.watch import DEFAULT_EVERY
-from dltips.task import IGNORE_INDEX
+from dltips.task import IGNORE_INDEX, shifted_labels
 
 TRANSFORMERS_HINT = 'pip install "dltips[transformers]"'
 # Keyword arguments of a training forward that are targets or loss scaling, not the model's inputs.
@@ -279,13 +279,6 @@ def loss_shifts_labels(model: nn.Module) -> bool:
         return LOSS_MAPPING.get(loss_type) is ForCausalLMLoss
     name = type(model).__name__
     return name.endswith("ForCausalLM") or name.endswith("LMHeadModel")
-
-
-def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Causal-LM labels aligned with the logits: labels[:, 1:], then IGNORE_INDEX in the last position."""
-    if labels.dim() < 2:
-        raise ValueError(f"causal-LM labels must be (batch, tokens), got shape {tuple(labels.shape)}")
-    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
 
 
 def aligned_labels(kwargs: Mapping[str, Any], shifts: bool) -> torch.Tensor | None:

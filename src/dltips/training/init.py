@@ -64,7 +64,7 @@ from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced, predict
-from dltips.task import DEFAULT_LOSSES, IGNORE_INDEX, Task, normalised_form
+from dltips.task import DEFAULT_LOSSES, IGNORE_INDEX, Task, normalised_form, read_targets
 
 __all__ = ["ExpectedLoss", "check_initial_loss", "expected_initial_loss"]
 
@@ -133,13 +133,11 @@ def expected_initial_loss(task: Task) -> ExpectedLoss:
 
 
 def training_targets(data: Dataset, limit: int = _LABEL_SCAN) -> torch.Tensor:
-    """The targets of a dataset: all of them for a TensorDataset (or a Subset of one), else up to `limit`."""
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return data.tensors[1]
-    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset) and len(data.dataset.tensors) == 2:
-        return data.dataset.tensors[1][torch.as_tensor(data.indices, dtype=torch.long)]
-    positions = evenly_spaced(len(data), limit)
-    return torch.stack([torch.as_tensor(data[i][1]) for i in positions])
+    """The targets of a dataset: all of them for a TensorDataset (or a Subset of one), else up to `limit`
+    (flattened and joined when they differ in shape, as sequences of different lengths do)."""
+    if isinstance(data, TensorDataset) or (isinstance(data, Subset) and isinstance(data.dataset, TensorDataset)):
+        return read_targets(data)
+    return read_targets(data, evenly_spaced(len(data), limit))
 
 
 def check_initial_loss(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,6 +339,8 @@ def _best_possible(task: Task, x: Any, y: torch.Tensor) -> tuple[float, float]:
     bound assumes the model sees the whole prefix (a shorter context only
     lowers what it can reach).
     """
+    if isinstance(x, Mapping):  # a Hugging Face batch: its token ids
+        x = x.get("input_ids")
     if task.kind != "language-model" or not isinstance(x, torch.Tensor) or x.shape != y.shape \
             or x.is_floating_point() or x.dim() != 2:
         return 1.0, 0.0
@@ -445,9 +447,17 @@ def _why_failed(rung: Rung) -> tuple[str, str]:
                 f"{end:.4g}: the learning rate{lr} is far too high"), "lr"
     if start is not None and end is not None and start - end < 0.1 * abs(start - (rung.target_loss or 0.0)):
         return f"the loss barely moved ({start:.4g} to {end:.4g}): the learning rate{lr} is far too low", "lr"
-    accuracy = f", {rung.accuracy:.0%} right" if rung.accuracy is not None else ""
+    accuracy = f", {_share(rung.accuracy)} right" if rung.accuracy is not None else ""
     return (f"after {rung.steps} steps the loss is {end:.4g}{accuracy}; it had to reach {rung.target_loss:.4g}"
             + (" with every prediction right" if rung.accuracy is not None else ""), "batch")
+
+
+def _share(fraction: float) -> str:
+    """A fraction as a percentage that never rounds up to 100 % (or down to 0 %) unless it is exactly that."""
+    text = f"{fraction:.0%}"
+    if text == "100%" and fraction < 1.0 or text == "0%" and fraction > 0.0:
+        text = f"{fraction:.2%}" if f"{fraction:.2%}" not in ("100.00%", "0.00%") else f"{fraction:.4%}"
+    return text
 
 
 def _ladder_finding(rungs: list[Rung], max_steps: int, seconds: float) -> Finding:
