@@ -20,7 +20,10 @@ def test_report_json_follows_the_contract_and_round_trips(tmp_path):
                           "n_train": 5, "n_valid": 2, "n_test": 0}, findings=findings, duration_s=1.23456)
     path = tmp_path / "r.json"
     data = json.loads(report.to_json(path))
-    assert set(data) == {"dltips_version", "task", "duration_s", "findings", "summary", "incomplete"}
+    assert set(data) == {"dltips_version", "task", "duration_s", "next_steps", "findings", "summary", "incomplete",
+                         "timings"}
+    assert [s["tip"] for s in data["next_steps"]] == ["overfit-tiny"]
+    assert data["next_steps"][0]["line"] == "Cannot overfit one example: loss stayed at 2.3. Fix: check the loss"
     assert data["summary"] == {"pass": 1, "warn": 0, "fail": 1, "info": 0, "skip": 1}
     assert data["findings"][0]["theme"] == "training"
     assert data["findings"][0]["evidence"]["per_class"] == [1.0, 1.0, 1.0]

@@ -25,7 +25,8 @@ class Finding:
     `figures` holds plain data that the reports draw (no plotting library is
     needed to make a finding). Each figure is a dict with a "kind":
       {"kind": "lines", "title", "x": [...], "series": {name: [...]}, "xlabel", "ylabel",
-       "xlog": bool, "ylog": bool, "band": [low, high] or absent (a shaded y range)}
+       "xlog": bool, "ylog": bool, "band": [low, high] or absent (a shaded y range),
+       "markers": bool (points marked, for one point per evaluation; default False)}
       {"kind": "images", "title", "images": [array-like (H, W) or (C, H, W)], "captions": [...]}
       {"kind": "table", "title", "columns": [...], "rows": [[...], ...]}
       {"kind": "heatmap", "title", "xlabel", "ylabel",
@@ -43,6 +44,7 @@ class Finding:
     fix: str | None = None
     evidence: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)
+    check: str | None = None  # the check that made it, when one tip has several (e.g. "causal-leak" for error-gaps)
 
     def __post_init__(self) -> None:
         one_of("Finding.status", self.status, STATUSES)
@@ -63,6 +65,7 @@ class Finding:
             "message": self.message,
             "fix": self.fix,
             "evidence": jsonable(self.evidence),
+            "check": self.check or self.tip,
         }
 
     @classmethod
@@ -74,6 +77,7 @@ class Finding:
             message=data["message"],
             fix=data.get("fix"),
             evidence=data.get("evidence", {}),
+            check=data.get("check"),
         )
 
 
@@ -110,7 +114,7 @@ def skipped_for_time(tip: str, needs_s: float, done: str = "", evidence: dict | 
                "It gives no verdict on part of its evidence.")
     return Finding(tip, "skip", f"Not run to the end: needs about {needs:.0f} s more", message,
                    f"Rerun with a budget about {needs:.0f} s larger (`--budget`), or run this check alone "
-                   f"(`--only {tip}`).", {**(evidence or {}), "skip_reason": SKIP_TIME, "needs_s": round(needs, 1)})
+                   f"(`--only {tip}`).", {**(evidence or {}), "skip_reason": SKIP_TIME, "needs_s": round(needs, 1), "done": done})
 
 
 def could_not_run(tip: str, error: BaseException, what: str = "The check") -> Finding:

@@ -88,7 +88,7 @@ def test_json_lists_the_incomplete_tips_and_round_trips():
                            crashed("error-gaps", "size mismatch")])
     data = json.loads(report.to_json())
     assert data["incomplete"] == ["overfit-tiny", "error-gaps"]
-    assert list(data)[:5] == ["dltips_version", "task", "duration_s", "findings", "summary"]
+    assert list(data)[:6] == ["dltips_version", "task", "duration_s", "next_steps", "findings", "summary"]
     back = Report.from_json(report.to_json())
     assert [f.tip for f in back.incomplete] == ["overfit-tiny", "error-gaps"]
     assert back.exit_status() == 3 and back.to_dict() == report.to_dict()

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from dltips import Finding, ParamError, Report
-from dltips.catalog import THEME_TITLES, THEMES
 from dltips.core.png import image_pixels, png_bytes
 from dltips.diagnosis.figures import figure_html
 from dltips.diagnosis.heatmap import heatmap_columns, heatmap_extent
 from dltips.diagnosis.html import render_html
+from dltips.diagnosis.summary import STAGES
 from dltips.diagnosis.terminal import render_terminal
 from dltips.diagnosis.text import MAX_CHARS, compact
 from dltips.findings import STATUSES
@@ -103,9 +103,13 @@ def test_html_is_self_contained_with_every_status_theme_and_figure(rendered):
     for finding in report.findings:
         assert html.escape(finding.title) in text and f"<code class=tip>{finding.tip}</code>" in text
     headings = re.findall(r"<h2>(.*?)</h2>", text)
-    assert headings == [html.escape(THEME_TITLES[t]) for t in THEMES]  # every theme, in catalog order
-    # findings keep their given order inside a theme
-    assert text.index("Loss at initialisation") < text.index("Cannot overfit") < text.index("One-cycle schedule")
+    stages = ["data", "model", "optimization", "generalization"]  # those of the findings, in causal order
+    assert headings == ["Fix first", *(html.escape(STAGES[s]) for s in stages), "Time"]
+    # inside a stage, the most severe first: a fail, a warn, the infos in their given order, a pass
+    order = [text.index(f"<h3>{t}</h3>") for t in ("Cannot overfit one example", "Some layers update too slowly",
+                                                    "One-cycle schedule", "Activation histograms over time",
+                                                    "Accumulation matches the large batch")]
+    assert order == sorted(order)
     assert "Check the loss function." in text and 'class="fix"' in text
     # 2 line plots + 7 images + 1 heat map, each a PNG data URI that decodes
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
@@ -115,12 +119,15 @@ def test_html_is_self_contained_with_every_status_theme_and_figure(rendered):
     assert "12,345" in text and "12.3 s" in text
 
 
-def test_themes_follow_the_catalog_whatever_the_order_given():
+def test_stages_follow_causal_order_and_severity_whatever_the_order_given():
     shuffled = [dataclasses.replace(f, figures=[]) for f in reversed(make_report().findings)]
     text = render_html(Report(task={}, findings=shuffled))
-    assert re.findall(r"<h2>(.*?)</h2>", text) == [html.escape(THEME_TITLES[t]) for t in THEMES]
+    stages = ["data", "model", "optimization", "generalization"]
+    assert re.findall(r"<h2>(.*?)</h2>", text) == ["Fix first", *(html.escape(STAGES[s]) for s in stages)]
     titles = re.findall(r"<h3>(.*?)</h3>", text)
-    assert titles.index("One-cycle schedule") < titles.index("Cannot overfit one example")  # given order kept
+    assert titles.index("Cannot overfit one example") < titles.index("Some layers update too slowly")  # fail first
+    # equal severity keeps the given (here reversed) order
+    assert titles.index("Activation histograms over time") < titles.index("One-cycle schedule")
     assert "<title>dltips report: task</title>" in text
 
 
@@ -128,7 +135,7 @@ def test_text_is_escaped_everywhere(rendered):
     text = rendered[1]
     assert EVIL not in text and "<script" not in text
     assert html.escape(EVIL) in text
-    assert text.count(html.escape(EVIL)) == 3  # message, fix, table cell
+    assert text.count(html.escape(EVIL)) == 5  # message, fix, table cell, and the summary's line (message and fix)
 
 
 def test_evidence_is_compact_and_truncated(rendered):
@@ -137,7 +144,7 @@ def test_evidence_is_compact_and_truncated(rendered):
     assert "[0, 1, 2, 3, 4, 5, 6, 7, … 92 more]" in evidence
     assert ", 8," not in evidence and "99" not in evidence
     assert "<th scope=\"row\">measured</th><td>2.31</td>" in evidence  # a tensor, shown as a number
-    assert "[1.5, nan]" in evidence  # nested dict as a nested table, nan spelled out
+    assert "[1.5, –]" in evidence  # nested dict as a nested table, a value not measured as a dash, never "nan"
     assert compact({f"k{i}": i for i in range(10)}, max_items=2) == "{k0: 0, k1: 1, … 8 more}"
     assert compact("x" * 1000).endswith("…") and len(compact("x" * 1000)) == MAX_CHARS
 
@@ -305,7 +312,19 @@ def test_terminal_plain_text_has_every_finding_and_fix(capsys):
         assert finding.status.upper() in line and finding.title in line
         if finding.fix:
             assert f"fix: {finding.fix}" in text
-    assert [line for line in lines if line in {THEME_TITLES[t] for t in THEMES}] == [THEME_TITLES[t] for t in THEMES]
+    stages = ["data", "model", "optimization", "generalization"]
+    assert [line for line in lines if line in STAGES.values()] == [STAGES[s] for s in stages]
+    # the summary opens the report: the flagged findings in causal order (data, then optimization), each with
+    # its numbers and the first sentence of its fix
+    assert lines[2] == "Fix first"
+    steps = lines[3:6]
+    assert [line.split()[1:3] for line in steps] == [["WARN", "worst-predictions"], ["FAIL", "overfit-tiny"],
+                                                     ["WARN", "update-ratio"]]
+    assert "5 of the 16 worst examples are scored above 0.9" in steps[0] and "Fix: Look at these examples" in steps[0]
+    assert "Fix: Raise the learning rate." in steps[2]
+    assert lines[6] == ""
+    # each check's time beside its first finding
+    assert next(line for line in lines if line.startswith("  FAIL  overfit-tiny ")).endswith("(3.2 s)")
     assert lines[-1] == "2 pass, 2 warn, 1 fail, 3 info, 2 skip"
     report.print()  # stdout is captured, not a terminal: plain text
     assert capsys.readouterr().out == text
@@ -462,7 +481,7 @@ def test_report_renders_in_chromium_without_console_errors(rendered, browser, tm
     entries = browser.console()
     assert entries == [], f"console messages: {entries}"
     assert state["title"] == "dltips report: digits"
-    assert state["findings"] == [f.title for f in report.findings]
+    assert sorted(state["findings"]) == sorted(f.title for f in report.findings)
     assert len(set(state["badges"])) == len(STATUSES)  # one colour per status
     assert state["images"] == 10 and state["broken"] == 0
     assert not state["overflow"]
@@ -470,3 +489,86 @@ def test_report_renders_in_chromium_without_console_errors(rendered, browser, tm
     png = base64.b64decode(browser.call("GET", "/screenshot"))
     assert png.startswith(b"\x89PNG")
     (ARTIFACTS / "report.png").write_bytes(png)
+
+
+def dead_digits_task():
+    """The digits demo with an MLP whose hidden ReLUs all start dead (biases -5): overfit-tiny fails, and the
+    cause probes name the dead layers."""
+    from torch import nn
+
+    from dltips.demos.digits import digits_task
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].bias.fill_(-5.0)
+        model[3].bias.fill_(-5.0)
+    return dataclasses.replace(digits_task(), model=model, name="digits-dead-relu")
+
+
+SATURATED_PIXELS = """return Array.from(document.querySelectorAll('img.plot'), img => {
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const context = canvas.getContext('2d');
+    context.drawImage(img, 0, 0);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let coloured = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+        if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured++;
+    }
+    return coloured;});"""
+
+
+def read_in_browser(browser, report: Report, name: str) -> dict:
+    """Write `report` as tests/artifacts/NAME.html, open it, check what every report must satisfy on screen, and
+    return what the page shows."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = ARTIFACTS / f"{name}.html"
+    report.to_html(page)
+    browser.open(page)
+    state = browser.run("""return {
+        text: document.body.innerText,
+        headings: Array.from(document.querySelectorAll('h2'), h => h.textContent),
+        steps: Array.from(document.querySelectorAll('#next-steps li'), li => li.textContent),
+        clear: Array.from(document.querySelectorAll('#next-steps .clear'), p => p.textContent),
+        first: document.querySelector('article.finding').getBoundingClientRect().top,
+        summary: document.querySelector('#next-steps').getBoundingClientRect().top,
+        plots: Array.from(document.querySelectorAll('img.plot'), i => i.src),
+        height: document.documentElement.scrollHeight};""")
+    assert browser.console() == []
+    assert not re.search(r"\bnan\b", state["text"], re.IGNORECASE)
+    # the headings are the report's own sections, whatever the task's kind: no "NLP" on an image task
+    assert set(state["headings"]) <= {"Fix first", "Summary", "Time", *STAGES.values()}
+    assert state["summary"] < state["first"]  # the summary before the first card
+    # no two figures draw the same picture, and each has coloured marks (series, bands or heat), not axes alone
+    assert len(state["plots"]) == len(set(state["plots"]))
+    assert all(count > 200 for count in browser.run(SATURATED_PIXELS))
+    return state
+
+
+@pytest.mark.slow
+def test_healthy_task_report_in_chromium(browser, one_thread):
+    from dltips import doctor
+    from dltips.demos.digits import digits_task
+
+    report = doctor(digits_task(), budget_s=40, progress=False)
+    state = read_in_browser(browser, report, "healthy-report")
+    assert len(state["plots"]) >= 5 and state["steps"] == []
+    assert state["clear"] and state["clear"][0].startswith("Nothing to fix")
+
+
+@pytest.mark.slow
+def test_broken_task_report_reads_cause_first_in_chromium(browser, one_thread):
+    from dltips import doctor
+
+    report = doctor(dead_digits_task(), budget_s=30, progress=False)
+    state = read_in_browser(browser, report, "broken-report")
+    # the summary names the cause, with the layers to fix and the symptom it explains
+    assert "activation-gradient-stats" in state["steps"][0] and "explains overfit-tiny" in state["steps"][0]
+    assert "layers 1, 3 (before 2, 4)" in state["steps"][0]
+    assert len(state["plots"]) >= 2
+    browser.call("POST", "/window/rect", {"width": 1200, "height": min(int(state["height"]) + 100, 8000)})
+    png = base64.b64decode(browser.call("GET", "/screenshot"))
+    assert png.startswith(b"\x89PNG")
+    (ARTIFACTS / "broken-report.png").write_bytes(png)

@@ -331,12 +331,23 @@ def _short(value: Any) -> str:
 # ---------------------------------------------------------------- figure: images or a table
 
 
+def _figure_title(r: Ranked) -> str:
+    """What the figure shows: mistakes first, or, when the model gets every item right, its least certain fits."""
+    wrong = r.counts.get("wrong")
+    if wrong == 0:
+        return "Highest-loss training items: every one predicted right (the least certain fits, not mistakes)"
+    if wrong is not None:
+        return f"Highest-loss training items ({wrong} misclassified in all; each marked right or wrong)"
+    return "Worst training predictions (highest loss first)"
+
+
 def _figure(task: Task, r: Ranked) -> dict:
     shown = list(range(min(FIGURE_ITEMS, len(r.indices))))
     inputs = [task.train[r.indices[i]][0] for i in shown]  # fetched only for the shown items
     if inputs and all(is_image(x) for x in inputs):
-        captions = [f"#{r.indices[i]} y={_short(r.targets[i])} p={_caption_pred(task.kind, r, i)}" for i in shown]
-        return {"kind": "images", "title": "Worst training predictions (highest loss first)",
+        captions = [f"#{r.indices[i]} y={_short(r.targets[i])} p={_caption_pred(task.kind, r, i)}{_verdict(task.kind, r, i)}"
+                    for i in shown]
+        return {"kind": "images", "title": _figure_title(r),
                 "images": [display_image(x) for x in inputs], "captions": captions}
     columns = ["index", "target", "prediction", "loss"]
     rows = [[r.indices[i], _short(r.targets[i]), _short(r.predictions[i]), round(r.losses[i], 4)] for i in shown]
@@ -344,7 +355,7 @@ def _figure(task: Task, r: Ranked) -> dict:
     if callable(describe) and shown:  # a dataset that can show its rows as a person reads them (e.g. TabularDataset)
         described = [describe(r.indices[i]) for i in shown]
         keys = list(described[0])[:FEATURES_SHOWN]
-        return {"kind": "table", "title": "Worst training predictions (highest loss first)", "columns": columns + keys,
+        return {"kind": "table", "title": _figure_title(r), "columns": columns + keys,
                 "rows": [row + [_short(d.get(k)) for k in keys] for row, d in zip(rows, described, strict=True)]}
     if inputs and all(isinstance(x, torch.Tensor) and x.dim() == 1 and x.is_floating_point() for x in inputs):
         k = min(FEATURES_SHOWN, len(inputs[0]))
@@ -353,14 +364,31 @@ def _figure(task: Task, r: Ranked) -> dict:
     elif inputs and all(isinstance(x, torch.Tensor) and not x.is_floating_point() for x in inputs):
         columns.append("input (first tokens)")
         rows = [row + [_short(x.flatten()[:8].tolist())] for row, x in zip(rows, inputs, strict=True)]
-    return {"kind": "table", "title": "Worst training predictions (highest loss first)", "columns": columns,
-            "rows": rows}
+    return {"kind": "table", "title": _figure_title(r), "columns": columns, "rows": rows}
 
 
 def _caption_pred(kind: str, r: Ranked, i: int) -> str:
     if kind == "classification" and "probabilities" in r.extra:
-        return f"{r.predictions[i]} ({r.extra['probabilities'][i]:.2f})"
+        return f"{r.predictions[i]} ({_probability(r.extra['probabilities'][i])})"
     return _short(r.predictions[i])
+
+
+def _probability(p: float) -> str:
+    """A probability in two decimals, with more near 0 and 1, where two would say 0.00 or 1.00."""
+    if p < 0.01:
+        return f"{p:.2g}"
+    if p <= 0.99:
+        return f"{p:.2f}"
+    return f"{p:.4f}" if p < 0.9999 else ">0.9999"
+
+
+def _verdict(kind: str, r: Ranked, i: int) -> str:
+    """", right" or ", wrong" after a classification or binary caption; nothing for other kinds."""
+    if kind == "classification" and "probabilities" in r.extra:
+        return ", right" if r.predictions[i] == r.targets[i] else ", wrong"
+    if kind == "binary":
+        return ", right" if (r.predictions[i] > 0.5) == (r.targets[i] > 0.5) else ", wrong"
+    return ""
 
 
 def is_image(x: Any) -> bool:

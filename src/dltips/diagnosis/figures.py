@@ -43,21 +43,21 @@ def lines_png(figure: dict) -> bytes:
     ax = fig.add_subplot()
     series = figure.get("series") or {}
     x = figure.get("x")
+    markers = bool(figure.get("markers"))
     for name, values in series.items():
         ys = floats(values)
         xs = floats(x)[: len(ys)] if x is not None else list(range(len(ys)))
-        ax.plot(xs, ys[: len(xs)], label=str(name), linewidth=1.6)
+        ax.plot(xs, ys[: len(xs)], label=str(name), linewidth=1.0 if markers else 1.6, marker="o" if markers else None,
+                markersize=3.5)
     band = figure.get("band")
-    if band is not None:
-        low, high = floats(band)
-        ax.axhspan(low, high, color="#1a7f37", alpha=0.12, linewidth=0,
-                   label=f"band [{format_number(low)}, {format_number(high)}]")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # log axes over data with no positive values
         if figure.get("xlog"):
             ax.set_xscale("log")
         if figure.get("ylog"):
             ax.set_yscale("log")
+    if band is not None:
+        draw_band(ax, *floats(band), log=bool(figure.get("ylog")))
     ax.set_xlabel(str(figure.get("xlabel", "")))
     ax.set_ylabel(str(figure.get("ylabel", "")))
     ax.grid(True, alpha=0.3)
@@ -66,6 +66,29 @@ def lines_png(figure: dict) -> bytes:
         n = len(series) + (band is not None)
         fig.legend(loc="outside right upper", fontsize=8, frameon=False, ncol=1 + (n - 1) // 14)
     return figure_png(fig)
+
+
+BAND_MIN_SHARE = 0.025  # a band is drawn at least this share of the plot's height, so a narrow one stays visible
+
+
+def draw_band(ax: Any, low: float, high: float, log: bool = False) -> None:
+    """Shade the y range [low, high], edged by dashed lines; a band thinner than BAND_MIN_SHARE of the axis is
+    widened about its centre (its legend keeps the true limits)."""
+    bottom, top = ax.get_ylim()
+    bottom, top = min(bottom, low), max(top, high)  # the band is always in view
+    if log and bottom <= 0:
+        bottom = ax.get_ylim()[0]
+    scale = (lambda v: math.log10(max(v, 1e-300))) if log else (lambda v: v)
+    unscale = (lambda v: 10.0 ** v) if log else (lambda v: v)
+    lo, hi, span = scale(low), scale(high), abs(scale(top) - scale(bottom)) or 1.0
+    if hi - lo < BAND_MIN_SHARE * span:
+        centre, half = (lo + hi) / 2, BAND_MIN_SHARE * span / 2
+        lo, hi = centre - half, centre + half
+    label = f"band [{format_number(low)}, {format_number(high)}]"
+    ax.axhspan(unscale(lo), unscale(hi), color="#1a7f37", alpha=0.22, linewidth=0, label=label)
+    for edge in (low, high):
+        ax.axhline(edge, color="#1a7f37", linewidth=1.0, linestyle="--", alpha=0.9)
+    ax.set_ylim(bottom, top)
 
 
 def lines_html(figure: dict) -> str:

@@ -13,7 +13,8 @@ from html import escape
 from dltips import __version__
 from dltips.core.io import atomic_write_text
 from dltips.diagnosis.figures import MAX_ROWS, figure_html
-from dltips.diagnosis.text import ReportLike, by_theme, compact, format_duration, plain, task_facts, task_name, theme_title
+from dltips.diagnosis.summary import STAGES, by_stage
+from dltips.diagnosis.text import ReportLike, compact, format_duration, format_seconds, plain, task_facts, task_name
 from dltips.findings import STATUSES, Finding
 
 # Scoped under .dltips-report; statuses colour badges and borders through --c.
@@ -75,6 +76,12 @@ CSS = """
 .dltips-report .data td.num{text-align:right;font-variant-numeric:tabular-nums}
 .dltips-report .more,.dltips-report .note{color:var(--muted);font-style:italic}
 .dltips-report footer{margin-top:2em;color:var(--muted);font-size:.85em}
+.dltips-report .next{border:1px solid var(--line);border-radius:6px;padding:.6em 1em;margin:1em 0;background:var(--soft)}
+.dltips-report .next h2{margin:.1em 0 .4em;border:0;padding:0}
+.dltips-report .next ol{margin:0;padding-left:1.6em}
+.dltips-report .next li{margin:.35em 0}
+.dltips-report .next .clear{margin:0;color:var(--pass);font-weight:600}
+.dltips-report .took{color:var(--muted);font-size:.8em}
 @media print{
  .dltips-report{max-width:none;padding:0;font-size:10.5pt}
  .dltips-report *{-webkit-print-color-adjust:exact;print-color-adjust:exact}
@@ -104,13 +111,15 @@ def evidence_html(evidence: dict) -> str:
     return f'<details class="evidence"><summary>Evidence</summary><table class="kv">{"".join(rows)}</table></details>'
 
 
-def finding_html(finding: Finding) -> str:
-    """One finding as an <article>: status badge, title, message, fix, evidence and figures."""
+def finding_html(finding: Finding, took: str = "") -> str:
+    """One finding as an <article>: status badge, title, the check's time, tip, message, fix, evidence and
+    figures."""
     status = finding.status
+    took_html = f' <span class="took">{escape(took)}</span>' if took else ""
     parts = [
         f'<article class="finding {status}">',
         (f'<header><span class="badge {status}">{status}</span> '
-         f"<h3>{escape(finding.title)}</h3> <code class=tip>{escape(finding.tip)}</code></header>"),
+         f"<h3>{escape(finding.title)}</h3>{took_html} <code class=tip>{escape(finding.tip)}</code></header>"),
         f'<p class="message">{escape(finding.message)}</p>',
     ]
     if finding.fix:
@@ -138,34 +147,67 @@ def _header_html(report: ReportLike) -> str:
 
 
 def _nav_html(groups: list[tuple[str, list[Finding]]]) -> str:
-    """Links to each theme's section, with its number of findings."""
-    links = "".join(f'<li><a href="#theme-{theme}">{escape(theme_title(theme))}</a> '
-                    f"<span>{len(items)}</span></li>" for theme, items in groups)
-    return f'<nav aria-label="themes"><ul>{links}</ul></nav>'
+    """Links to each stage's section, with its number of findings."""
+    links = "".join(f'<li><a href="#stage-{stage}">{escape(STAGES[stage])}</a> '
+                    f"<span>{len(items)}</span></li>" for stage, items in groups)
+    return f'<nav aria-label="sections"><ul>{links}</ul></nav>'
 
 
-def _timings_html(timings: dict) -> str:
-    """The time each check took, as a collapsible table (empty without timings)."""
-    if not timings:
+def _next_html(report: ReportLike) -> str:
+    """The summary box: the numbered steps to take first, or the one line that says all is well."""
+    steps = report.next_steps
+    if not steps:
+        return f'<section class="next" id="next-steps"><h2>Summary</h2><p class="clear">{escape(report.all_clear)}</p></section>'
+    items = "".join(
+        f'<li class="{s.status}"><span class="badge {s.status}">{"error" if s.status == "skip" else s.status}</span> '
+        f"<code>{escape(s.tip)}</code> {escape(s.line)}</li>" for s in steps)
+    return f'<section class="next" id="next-steps"><h2>Fix first</h2><ol>{items}</ol></section>'
+
+
+def _timings_html(report: ReportLike) -> str:
+    """The time section: the budget, what it cut and the budget that would let every check finish, then the
+    time each check took (a collapsible table)."""
+    budget = report.budget()
+    parts = []
+    if budget["budget_s"] is not None:
+        parts.append(f"<p>{escape(format_duration(report.duration_s))} of a "
+                     f"{escape(format_duration(budget['budget_s']))} budget.</p>")
+    if budget["cut"]:
+        cuts = "".join(f"<li><code>{escape(', '.join(c['tips']))}</code>: needs about {c['needs_s']:.0f} s more"
+                       f"{' (' + escape(c['done']) + ')' if c['done'] else ''}</li>" for c in budget["cut"])
+        parts.append(f"<p>The budget cut these checks short (they give no verdict on part of their plan):</p><ul>{cuts}</ul>")
+        if budget["suggested_budget_s"] is not None:
+            parts.append(f"<p><code>--budget {budget['suggested_budget_s']:.0f}</code> would let every check finish.</p>")
+    if report.timings:
+        rows = "".join(f'<tr><th scope="row">{escape(str(k))}</th><td>{escape(format_seconds(float(v)))}</td></tr>'
+                       for k, v in report.timings.items())
+        parts.append(f'<details class="evidence"><summary>Time per check</summary><table class="kv">{rows}</table></details>')
+    return f'<section id="time"><h2>Time</h2>{"".join(parts)}</section>' if parts else ""
+
+
+def _took(report: ReportLike, finding: Finding, timed: set[str]) -> str:
+    """The time of the finding's check, given once per check (on its first finding in the report)."""
+    check = finding.check or finding.tip
+    if check not in report.timings or check in timed:
         return ""
-    rows = "".join(f'<tr><th scope="row">{escape(str(k))}</th><td>{escape(format_duration(float(v)))}</td></tr>'
-                   for k, v in timings.items())
-    return f'<details class="evidence"><summary>Timings</summary><table class="kv">{rows}</table></details>'
+    timed.add(check)
+    return format_seconds(float(report.timings[check])) + ("" if check == finding.tip else f" ({check})")
 
 
 def render_fragment(report: ReportLike) -> str:
     """The report as one self-contained <div> (its own <style>), as shown in notebooks."""
-    groups = by_theme(report.findings)
+    groups = by_stage(report.findings)
+    timed: set[str] = set()
     sections = "".join(
-        f'<section id="theme-{theme}"><h2>{escape(theme_title(theme))}</h2>'
-        + "".join(finding_html(f) for f in items) + "</section>"
-        for theme, items in groups
+        f'<section id="stage-{stage}"><h2>{escape(STAGES[stage])}</h2>'
+        + "".join(finding_html(f, _took(report, f, timed)) for f in items) + "</section>"
+        for stage, items in groups
     )
     if not groups:
         sections = '<p class="note">No findings.</p>'
-    return (f'<div class="dltips-report"><style>{CSS}</style>{_header_html(report)}'
-            f"{_nav_html(groups) if len(groups) > 1 else ''}<main>{sections}</main>"
-            f"<footer>{_timings_html(report.timings)}<p>dltips {escape(__version__)}</p></footer></div>")
+    return (f'<div class="dltips-report"><style>{CSS}</style>{_header_html(report)}{_next_html(report)}'
+            f"{_nav_html(groups) if len(groups) > 1 else ''}<main>{sections}{_timings_html(report)}</main>"
+            f"<footer><p>dltips {escape(__version__)}</p></footer></div>")
 
 
 def render_html(report: ReportLike) -> str:

@@ -36,6 +36,7 @@ from dltips.catalog import TIPS
 from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device, threads_at_most, to_device, usable_cpus
 from dltips.core.params import ParamError, int_at_least, positive
+from dltips.core.progress import live_progress
 from dltips.core.state import rng_kept, training_copy
 from dltips.diagnosis.causes import (CHECK_CAUSES, FLAGS, FUNDAMENTAL, attach_causes, labels_unrelated,
                                     one_voice_on_lr, rank_causes, regularisation_underfits)
@@ -81,6 +82,7 @@ class Doctor:
     short_run_needs: float | None = None  # seconds the short run still needed when it did not fit
     causes: list[Finding] = field(default_factory=list)  # the cause probes' warn/fail findings
     probed: bool = False
+    _live: Any = field(default=None, init=False, repr=False)  # the live progress line on a terminal, while running
 
     def __post_init__(self) -> None:
         for name, tips in (("only", self.only or set()), ("skip", self.skip)):
@@ -108,11 +110,18 @@ class Doctor:
         they train the user's model itself and an exact snapshot puts it back afterwards. torch's thread
         count is lowered to the CPUs the process may use (a container's quota) and restored after.
         """
-        with rng_kept(self.seed), threads_at_most(usable_cpus()), training_copy(self.task.model) as model:
-            if model is self.task.model:
-                self.say("the model shares modules with its deep copy (a closure?): training it in place, "
-                         "restored afterwards")
-            return self._run(model)
+        stream = self.stream if self.stream is not None else sys.stderr
+        self._live = live_progress(stream, "doctor") if self.progress else None
+        try:
+            with rng_kept(self.seed), threads_at_most(usable_cpus()), training_copy(self.task.model) as model:
+                if model is self.task.model:
+                    self.say("the model shares modules with its deep copy (a closure?): training it in place, "
+                             "restored afterwards")
+                return self._run(model)
+        finally:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
 
     def _run(self, model: torch.nn.Module) -> Report:
         from dltips.data.inputs import check_inputs
@@ -222,6 +231,8 @@ class Doctor:
                       lambda: [f for f in [sum_reduction_cause(task)] if f is not None]):
             try:
                 found = [f for f in probe() if f.status in FLAGS]
+                for f in found:
+                    f.check = "cause-probes"
                 self.causes.extend(found)
                 if any(f.evidence.get("cause") == "sum-reduction" for f in found):  # the cause replaces the info
                     self.findings = [f for f in self.findings if not (f.tip == "batch-size-lr-scaling"
@@ -308,6 +319,8 @@ class Doctor:
                 raise
             found = [could_not_run(tip, e)]
         self.timings[label] = time.perf_counter() - start
+        for f in found:
+            f.check = f.check or label
         self.findings.extend(found)
         self.causes.extend(f for f in found if f.status in FLAGS and f.evidence.get("cause") in CHECK_CAUSES)
         return found
@@ -357,6 +370,7 @@ class Doctor:
                 self.findings.append(skipped_for_time(
                     tip, estimate - max(deadline.left(), 0.0), f"the short training run ({max_steps} steps, about "
                     f"{estimate:.0f} s) that it is judged on did not fit", {"planned_steps": max_steps}))
+                self.findings[-1].check = "short-run"
             return None, None
         self.say(f"short training run ({max_steps} steps, monitored) ...")
         start = time.perf_counter()
@@ -385,6 +399,7 @@ class Doctor:
                 self.findings.append(skipped_for_time(
                     tip, needed, f"the short training run it is judged on stopped at step {limit.stopped_at} of "
                     f"{max_steps}", {"planned_steps": max_steps, "steps_done": limit.stopped_at}))
+                self.findings[-1].check = "short-run"
             return None, None
         self.monitor_findings(monitor, tracker)
         valid = predict(run_task.model, task, task.valid, indices=evenly_spaced(len(task.valid), 2000),
@@ -400,6 +415,8 @@ class Doctor:
                 if self.debug:
                     raise
                 found = [could_not_run(tip, e, "The monitor")]
+            for f in found:
+                f.check = "short-run"
             self.findings.extend(f for f in found if self.wanted(f.tip))
 
     def capacity(self, task: Task, max_steps: int, deadline: Deadline, valid_error: float | None) -> None:
@@ -418,15 +435,22 @@ class Doctor:
             task, **{**self.common(), "deadline": deadline}, max_steps=max_steps, valid_error=valid_error))
 
     def say(self, text: str) -> None:
-        if self.progress:
-            stream = self.stream if self.stream is not None else sys.stderr
-            left = max(self.budget_s - self.elapsed, 0.0)
-            stream.write(f"[dltips {self.elapsed:5.1f}s, {left:4.0f}s left] {text}\n")
-            stream.flush()
+        """Progress: the live line on a terminal (the current check, time elapsed and left), else a plain line."""
+        if not self.progress:
+            return
+        left = max(self.budget_s - self.elapsed, 0.0)
+        if self._live is not None:
+            if not self._live.tasks:
+                self._live.add_task(text, total=None, deadline=time.monotonic() + left)
+            self._live.update(self._live.tasks[0].id, description=text)
+            return
+        stream = self.stream if self.stream is not None else sys.stderr
+        stream.write(f"[dltips {self.elapsed:5.1f}s, {left:4.0f}s left] {text}\n")
+        stream.flush()
 
     def report(self) -> Report:
         return Report(task=self.task.summary(), findings=self.findings, duration_s=self.elapsed,
-                      timings=dict(self.timings))
+                      timings=dict(self.timings), budget_s=self.budget_s)
 
 
 def short_run_tips(task: Task) -> tuple[str, ...]:

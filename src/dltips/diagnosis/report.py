@@ -15,6 +15,7 @@ from dltips import __version__
 from dltips.core.io import atomic_write_text
 from dltips.core.params import one_of
 from dltips.diagnosis.html import render_fragment, render_html, write_html
+from dltips.diagnosis.summary import BudgetCut, NextStep, budget_cuts, next_steps, suggested_budget, summary_line
 from dltips.diagnosis.terminal import render_terminal
 from dltips.findings import SKIP_ERROR, STATUSES, Finding, jsonable
 
@@ -23,12 +24,37 @@ FAIL_ON = ("fail", "warn")  # the statuses `exit_status` can be asked to fail on
 
 @dataclass
 class Report:
-    """What the doctor found on one task: a task summary, findings in order, timings."""
+    """What the doctor found on one task: a task summary, findings in order, the seconds each check took
+    (`timings`, by check name: a finding's `check`) and the budget it ran under (None outside the doctor)."""
 
     task: dict
     findings: list[Finding] = field(default_factory=list)
     duration_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    budget_s: float | None = None
+
+    @property
+    def next_steps(self) -> list[NextStep]:
+        """What to fix first, in causal order (see `diagnosis.summary`); empty when all is well."""
+        return next_steps(self.findings)
+
+    @property
+    def all_clear(self) -> str:
+        """The one line a report without a warn, a fail or an error opens with."""
+        return summary_line(self.findings)
+
+    @property
+    def budget_cuts(self) -> list[BudgetCut]:
+        """The checks the time budget stopped before the end of their plan."""
+        return budget_cuts(self.findings)
+
+    def budget(self) -> dict:
+        """The time section: budget, duration, each check's seconds, what the budget cut and the budget that
+        would let it all finish."""
+        cuts = self.budget_cuts
+        return {"budget_s": self.budget_s, "duration_s": round(self.duration_s, 3),
+                "checks_s": {k: round(float(v), 3) for k, v in self.timings.items()},
+                "cut": [c.to_dict() for c in cuts], "suggested_budget_s": suggested_budget(self.budget_s, cuts)}
 
     @property
     def summary(self) -> dict[str, int]:
@@ -63,14 +89,16 @@ class Report:
         return 3 if self.incomplete else 0
 
     def to_dict(self) -> dict:
-        """The report as JSON-ready data (figures and timings are left to the HTML report)."""
+        """The report as JSON-ready data (figures are left to the HTML report)."""
         return {
             "dltips_version": __version__,
             "task": jsonable(self.task),
             "duration_s": round(self.duration_s, 3),
+            "next_steps": [s.to_dict() for s in self.next_steps],
             "findings": [f.to_dict() for f in self.findings],
             "summary": self.summary,
             "incomplete": [f.tip for f in self.incomplete],
+            "timings": self.budget(),
         }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
@@ -96,13 +124,16 @@ class Report:
 
     @classmethod
     def from_json(cls, text: str) -> Report:
-        """A report read back from `to_json` text (without figures and timings, which JSON does not keep).
+        """A report read back from `to_json` text (without figures, which JSON does not keep).
 
-        "incomplete" is not read: it follows from the findings' evidence, and older JSON has no such key.
+        "incomplete" and "next_steps" are not read: they follow from the findings, and older JSON lacks them.
         """
         data = json.loads(text)
+        timings = data.get("timings") or {}
         return cls(
             task=data["task"],
             findings=[Finding.from_dict(f) for f in data["findings"]],
             duration_s=data.get("duration_s", 0.0),
+            timings=dict(timings.get("checks_s") or {}),
+            budget_s=timings.get("budget_s"),
         )

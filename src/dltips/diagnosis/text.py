@@ -1,4 +1,4 @@
-"""Text shared by the report renderers: values as short text, task facts, findings grouped by theme.
+"""Text shared by the report renderers: values as short text, durations and task facts.
 
 `ReportLike` names what the renderers read from a report, so that they need not
 import the Report class that calls them.
@@ -10,7 +10,6 @@ import math
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from dltips.catalog import THEME_TITLES, THEMES, TIPS
 from dltips.findings import Finding
 
 MAX_ITEMS = 8  # list items / dict entries shown inside one evidence value
@@ -24,9 +23,18 @@ class ReportLike(Protocol):
     findings: list[Finding]
     duration_s: float
     timings: dict[str, float]
+    budget_s: float | None
 
     @property
     def summary(self) -> dict[str, int]: ...
+
+    @property
+    def next_steps(self) -> list[Any]: ...
+
+    @property
+    def all_clear(self) -> str: ...
+
+    def budget(self) -> dict: ...
 
     @property
     def incomplete(self) -> list[Finding]: ...
@@ -76,6 +84,8 @@ def compact(value: Any, max_items: int = MAX_ITEMS) -> str:
         if len(value) > max_items:
             parts.append(f"… {len(value) - max_items} more")
         return _clip("[" + ", ".join(parts) + "]")
+    if isinstance(value, float) and math.isnan(value):
+        return "–"  # a value not measured (e.g. dead units of a layer that is not a ReLU): no "nan" on show
     if isinstance(value, (int, float)):
         return format_number(value)
     if value is None:
@@ -89,6 +99,11 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:.1f} s"
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes} min {seconds} s"
+
+
+def format_seconds(seconds: float) -> str:
+    """A check's time: milliseconds under a tenth of a second, else as `format_duration` gives it."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 0.1 else format_duration(seconds)
 
 
 def task_name(task: dict) -> str:
@@ -116,16 +131,3 @@ def task_facts(task: dict) -> list[tuple[str, str]]:
     known = {"name", "kind", "n_classes", "n_params", "n_train", "n_valid", "n_test", "own_step"}
     facts += [(str(k), compact(v)) for k, v in task.items() if k not in known]
     return facts
-
-
-def theme_title(theme: str) -> str:
-    """A theme's heading as the catalog titles it, e.g. "Monitoring & Debugging" for "monitoring"."""
-    return THEME_TITLES.get(theme, theme)
-
-
-def by_theme(findings: Iterable[Finding]) -> list[tuple[str, list[Finding]]]:
-    """Findings grouped by theme, themes in catalog order, findings in the order given."""
-    groups: dict[str, list[Finding]] = {theme: [] for theme in THEMES}
-    for finding in findings:
-        groups.setdefault(TIPS[finding.tip].theme, []).append(finding)
-    return [(theme, items) for theme, items in groups.items() if items]

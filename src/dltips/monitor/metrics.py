@@ -295,6 +295,18 @@ def _figure(curves: Curves, title: str) -> list[dict]:
     return figures
 
 
+def _loss_figure(curves: Curves, loss: str) -> list[dict]:
+    """Each metric against the validation loss (evaluations sorted by loss): a rank that agrees is a monotone
+    line. Not the metric curves over time, which metric-divergence draws."""
+    if loss not in curves.values or len(curves.values) < 2:
+        return []
+    order = np.argsort(curves.values[loss], kind="stable")
+    series = {n: [float(v) for v in vals[order]] for n, vals in curves.values.items() if n != loss}
+    return [{"kind": "lines", "title": f"Metrics against the validation loss ({loss}), one point per evaluation",
+             "x": [float(v) for v in curves.values[loss][order]], "series": series, "xlabel": loss,
+             "ylabel": "metric", "xlog": False, "ylog": False, "markers": True}]
+
+
 def _skip(tip: str, curves: Curves, objective: str | None, declared: bool, title: str, reason: str,
           why: str) -> Finding:
     """A `skip` whose title and message name the condition that stopped the analysis (`why`, kept in the evidence)."""
@@ -499,15 +511,15 @@ def _loss_finding(curves: Curves, loss: str, objective: str | None, declared: bo
                     f"{agreement.spearman[twins[0]]:+.2f}): choosing by it is choosing by {twins[0]}, a fair "
                     f"objective in its own right, and {target} was only assumed.")
         fix = f"If {target} is what matters, declare it (MetricTracker(objective={target!r})) and select by it."
-        return Finding(TIP_LOGLOSS, "info", title, message, fix, evidence, _figure(curves, "Loss against metrics"))
+        return Finding(TIP_LOGLOSS, "info", title, message, fix, evidence, _loss_figure(curves, loss))
     if costly:
         title = (f"Choosing by lowest {loss} costs {_fmt(agreement.cost)} of {target} "
                  f"(step {agreement.loss_step} instead of {agreement.objective_step})")
         fix = (f"Select checkpoints and stop early by {target}, not by {loss}; the loss also scores confidence, "
                "which the objective does not reward. If the loss must guide training, calibrate the model "
                "(temperature scaling) or regularise it against over-confidence.")
-        return Finding(TIP_LOGLOSS, "warn", title, message, fix, evidence, _figure(curves, "Loss against metrics"))
+        return Finding(TIP_LOGLOSS, "warn", title, message, fix, evidence, _loss_figure(curves, loss))
     rho = agreement.spearman.get(target, math.nan)
     title = (f"{loss} against {target}: rank agreement {rho:+.2f}; choosing the checkpoint by {loss} costs "
              f"{_fmt(agreement.cost)} of {target}")
-    return Finding(TIP_LOGLOSS, "info", title, message, None, evidence, _figure(curves, "Loss against metrics"))
+    return Finding(TIP_LOGLOSS, "info", title, message, None, evidence, _loss_figure(curves, loss))

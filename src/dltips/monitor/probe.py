@@ -68,6 +68,8 @@ class LayerProbe:
     no_gradient: list[str] = field(default_factory=list)  # trainable parameters whose gradient is None or zero
     not_optimized: list[str] = field(default_factory=list)  # trainable parameters the optimizer does not hold
     frozen_share: float = 0.0  # share of the parameters' elements with requires_grad=False
+    kinds: dict[str, str] = field(default_factory=dict)  # probed activation layer -> its class name, e.g. "ReLU"
+    feeds: dict[str, str] = field(default_factory=dict)  # activation layer -> the weight layer the forward pass ran before it
 
     @property
     def gradient_ratio(self) -> float | None:
@@ -124,6 +126,14 @@ def probe_layers(task: Task, model: nn.Module | None = None, max_items: int = MA
                 h.remove()
         probe.hidden_softmax = [names[m] for m in _hidden_softmaxes(order, outputs, output)]
         seen: list[nn.Module] = list(dict.fromkeys(order))
+        last_weighted = None
+        for module in seen:
+            if isinstance(module, _WEIGHTED):
+                last_weighted = names[module]
+            elif isinstance(module, (DEAD_FAMILY, BOUNDED_FAMILY)):
+                probe.kinds[names[module]] = type(module).__name__
+                if last_weighted is not None:
+                    probe.feeds[names[module]] = last_weighted
         for module in seen:
             weight = getattr(module, "weight", None)
             if isinstance(module, _WEIGHTED) and isinstance(weight, nn.Parameter) and weight.requires_grad:
@@ -188,13 +198,13 @@ def layer_findings(probe: LayerProbe) -> list[Finding]:
     dead = {k: v for k, v in probe.dead.items() if DEAD_WARN <= v < ALL_DEAD}
     if all_dead:
         failing = True
-        causes.append(f"every unit of {_listed(all_dead)} outputs zero for all {probe.items} items at "
+        causes.append(f"every unit of {_layers(probe, all_dead)} outputs zero for all {probe.items} items at "
                       "initialisation: nothing passes through, and no gradient reaches the layers before")
-        fixes.append("reinitialise those layers (Kaiming init, zero or small positive biases), normalise the "
-                     "inputs, or use LeakyReLU/GELU")
+        fixes.append(f"reinitialise {_feeding(probe, all_dead)} (Kaiming init, zero or small positive biases), "
+                     "normalise the inputs, or use LeakyReLU/GELU")
     if dead:
         causes.append(f"{_listed(dead, percent=True)} of the units dead at initialisation")
-        fixes.append("He (Kaiming) init and zero or small positive biases")
+        fixes.append(f"He (Kaiming) init and zero or small positive biases for {_feeding(probe, dead)}")
     if probe.hidden_softmax:
         failing = True
         causes.append(f"a softmax used as a hidden activation ({', '.join(probe.hidden_softmax)}): its outputs "
@@ -213,12 +223,13 @@ def layer_findings(probe: LayerProbe) -> list[Finding]:
     saturated = {k: v for k, v in probe.saturated.items() if v >= SATURATED_WARN}
     if saturated:
         causes.append(f"{_listed(saturated, percent=True)} of the outputs saturated at initialisation")
-        fixes.append("scale the weights down (Xavier/Glorot) or normalise before the activation")
+        fixes.append(f"scale the weights of {_feeding(probe, saturated)} down (Xavier/Glorot) or normalise before "
+                     "the activation")
     if causes:
         status = "fail" if failing else "warn"
         found.append(Finding("activation-gradient-stats", status, _title(causes[0]),
                              f"At initialisation, on {probe.items} training items: " + "; ".join(causes) + ".",
-                             "; ".join(fixes).capitalize() + ".", {**evidence, "cause": _cause_name(causes[0])}))
+                             _capitalised("; ".join(fixes)) + ".", {**evidence, "cause": _cause_name(causes[0])}))
     stuck = [n for n in probe.no_gradient if n not in probe.not_optimized]
     if probe.not_optimized or stuck:
         parts = []
@@ -269,6 +280,25 @@ def _listed(values: dict[str, float], percent: bool = False) -> str:
     if percent:
         return ", ".join(f"{k}: {v:.0%}" for k, v in values.items())
     return ", ".join(values)
+
+
+def _capitalised(text: str) -> str:
+    """`text` with its first letter upper case, the rest as written (layer and class names keep their case)."""
+    return text[:1].upper() + text[1:]
+
+
+def _layers(probe: LayerProbe, layers: dict[str, float]) -> str:
+    """Activation layers by name and class, e.g. "1 (ReLU), 3 (ReLU)"."""
+    return ", ".join(f"{k} ({probe.kinds[k]})" if k in probe.kinds else k for k in layers)
+
+
+def _feeding(probe: LayerProbe, layers: dict[str, float]) -> str:
+    """The weight layers that feed `layers`, named, e.g. "layers 0, 2 (before 1, 3)"; the layers themselves
+    when the forward pass ran no weight layer before them."""
+    before = list(dict.fromkeys(probe.feeds[k] for k in layers if k in probe.feeds))
+    if not before:
+        return f"the layers before {', '.join(layers)}"
+    return f"layer{'s' if len(before) > 1 else ''} {', '.join(before)} (before {', '.join(layers)})"
 
 
 def _names(names: list[str], limit: int = 6) -> str:

@@ -174,9 +174,11 @@ def activation_finding(watch: WatchedRun) -> Finding:
                      "A dead unit passes no gradient, so it recovers only if the layers before it change its "
                      f"inputs{'; ' + recovered + ' recovered later' if recovered else ''}.")
         if init:
-            fixes.append("initialization: He (Kaiming) init and zero or small positive biases; normalise the inputs")
+            fixes.append(f"initialization of the layers before {_names([_label(watch, k) for k in dead])}: He "
+                         "(Kaiming) init and zero or small positive biases; normalise the inputs")
         if later:
-            fixes.append("learning rate: lower it (see update-ratio) or warm it up; LeakyReLU or GELU cannot die")
+            fixes.append(f"learning rate: lower it (see update-ratio) or warm it up; LeakyReLU or GELU in place of "
+                         f"{_names([_label(watch, k) for k in dead])} cannot die")
     if saturated:
         listed = "; ".join(f"{_label(watch, k)}: {v['at_init']:.0%} saturated at init, {v['saturated']:.0%} later"
                            for k, v in saturated.items())
@@ -186,8 +188,9 @@ def activation_finding(watch: WatchedRun) -> Finding:
                      "gradients through them nearly vanish"
                      f"{' (' + recovered + ' recovered later)' if recovered else ''}.")
         if init:
-            fixes.append("initialization: scale the weights down (Xavier/Glorot; gain 5/3 for tanh) or add a "
-                         "normalisation layer before the activation")
+            fixes.append(f"initialization of the layers before {_names([_label(watch, k) for k in saturated])}: "
+                         "scale the weights down (Xavier/Glorot; gain 5/3 for tanh) or add a normalisation layer "
+                         "before the activation")
         if later:
             fixes.append("learning rate or activation choice: lower the LR, add normalisation, or use ReLU/GELU")
     late_only = not dead and all(v["at_init"] < SATURATED_WARN for v in saturated.values())
@@ -304,7 +307,7 @@ def update_ratio_finding(watch: WatchedRun) -> Finding:
              (False, True): "Layers learning too fast"}.get((bool(too_low), bool(too_high)),
                                                             "Parameters that are never updated")
     return Finding("update-ratio", "warn", title, f"norm(update)/norm(weights), {summary}. Problems: "
-                   + " ".join(problems), fix=_update_fix(watch, too_low, too_high, centre),
+                   + " ".join(problems), fix=_update_fix(watch, too_low, too_high, centre, factors),
                    evidence=evidence, figures=figures)
 
 
@@ -327,20 +330,26 @@ def _ratios_in_band(ratios: dict[str, float], summary: str, evidence: dict, figu
                    evidence=evidence, figures=figures)
 
 
-def _update_fix(watch: WatchedRun, too_low: dict[str, float], too_high: dict[str, float], centre: float) -> str:
-    """What to do about the problems found, and only those."""
+def _update_fix(watch: WatchedRun, too_low: dict[str, float], too_high: dict[str, float], centre: float,
+                factors: dict[str, float]) -> str:
+    """What to do about the problems found, and only those, naming the parameters and the LR factors."""
     fixes = []
     if watch.not_in_optimizer:
-        fixes.append("Build the optimizer after the model is complete, from model.parameters().")
+        fixes.append(f"Build the optimizer after the model is complete, from model.parameters(): it does not hold "
+                     f"{_names(watch.not_in_optimizer)}.")
     if watch.no_gradient:
-        fixes.append("Connect the parameters that got no gradient to the loss, or set requires_grad=False on them.")
-    if any(r == 0 for r in too_low.values()):
-        fixes.append("For the weights that did not change, check that they get a gradient (no detach, no frozen "
-                     "branch, no dead units before them) and a learning rate above 0.")
-    if too_high or any(r > 0 for r in too_low.values()):
-        fixes.append("Multiply the learning rate of the layers named by the factor given (the ratio scales with "
-                     f"the LR; slow layers are moved to the band's centre, {centre:.0e}, fast ones under its top), "
-                     "or give them their own parameter group.")
+        fixes.append(f"Connect {_names(sorted(watch.no_gradient))} to the loss, or set requires_grad=False on them.")
+    frozen = [p for p, r in too_low.items() if r == 0]
+    if frozen:
+        fixes.append(f"Check that {_names(frozen)} get a gradient (no detach, no frozen branch, no dead units before "
+                     "them) and a learning rate above 0.")
+    scaled = [p for p in (*too_low, *too_high) if math.isfinite(factors.get(p, math.inf))]
+    if scaled:
+        listed = ", ".join(f"{p} by {factors[p]:.3g}" for p in scaled[:8])
+        more = f" and {len(scaled) - 8} more (see the evidence)" if len(scaled) > 8 else ""
+        fixes.append(f"Multiply the learning rate of {listed}{more} (the ratio scales with the LR; slow layers move "
+                     f"to the band's centre, {centre:.0e}, fast ones under its top), or give them their own "
+                     "parameter group.")
     return " ".join(fixes)
 
 

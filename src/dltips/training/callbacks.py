@@ -8,14 +8,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from dltips.core.callbacks import Callback, FitState
 from dltips.core.params import positive
+from dltips.core.progress import is_terminal, live_progress
 
 
 class ProgressBar(Callback):
-    """A one-line progress display on a terminal; one line per epoch otherwise.
+    """Live progress on a terminal (epoch, step, loss and ETA; drawn by rich when installed), one line per
+    evaluation otherwise, as in logs and CI.
 
     Only the process of rank 0 prints.
     """
@@ -24,16 +26,29 @@ class ProgressBar(Callback):
         self.stream = stream if stream is not None else sys.stderr
         self.min_interval_s = min_interval_s
         self._last_print = 0.0
+        self._rich: Any = None
+        self._bar: Any = None
 
     @property
     def _live(self) -> bool:
-        return self.stream.isatty()
+        return is_terminal(self.stream)
+
+    def on_fit_start(self, state: FitState) -> None:
+        if state.rank == 0 and self._live:
+            self._rich = live_progress(self.stream, "fit")
+            if self._rich is not None:
+                self._bar = self._rich.add_task("fit", total=max(state.total_steps, 1), epoch=f"1/{state.epochs}",
+                                                loss="-")
 
     def on_sync(self, state: FitState) -> None:
         now = time.monotonic()
         if state.rank != 0 or not self._live or now - self._last_print < self.min_interval_s:
             return
         self._last_print = now
+        if self._rich is not None:
+            self._rich.update(self._bar, completed=state.step, epoch=f"{state.epoch + 1}/{state.epochs}",
+                              loss=f"{state.train_loss:.4f}")
+            return
         width = 24
         done = int(width * state.step / max(state.total_steps, 1))
         bar = "#" * done + "-" * (width - done)
@@ -47,9 +62,21 @@ class ProgressBar(Callback):
         if state.rank != 0:
             return
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        line = f"epoch {state.epoch + 1}/{state.epochs}  train_loss {state.train_loss:.4g}  {shown}"
+        if self._rich is not None:
+            self._rich.console.print(line, highlight=False)  # above the live line, which stays at the bottom
+            return
         prefix = "\r" if self._live else ""
-        self.stream.write(f"{prefix}epoch {state.epoch + 1}/{state.epochs}  train_loss {state.train_loss:.4g}  {shown}\n")
+        self.stream.write(f"{prefix}{line}\n")
         self.stream.flush()
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich, self._bar = None, None
+
+    def on_exception(self, state: FitState, error: BaseException) -> None:
+        self.on_fit_end(state)  # the live line must not stay over the traceback
 
 
 class TimeLimit(Callback):
