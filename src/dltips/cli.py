@@ -27,13 +27,22 @@ import importlib.util
 import math
 import os
 import sys
-import textwrap
 import traceback
 from pathlib import Path
 from typing import Iterator, Sequence, TextIO
 
-from dltips.catalog import THEME_TITLES, THEMES, TIPS, Tip, tips_by_theme
+from dltips.catalog import THEME_TITLES, THEMES, TIPS, format_tip, tips_by_theme
 
+
+DOCTOR_DESCRIPTION = """Diagnose a Task: a verdict per tip, with the numbers and the fix, what to fix first on top.
+
+A Task is your model and its data, (x, y) items split in train and valid (and test), with your loss
+and optimizer if not the defaults:  dltips.Task(model, train_set, valid_set, loss=F.nll_loss, ...)
+TARGET names a function without arguments that returns one; your model is never modified.
+
+The doctor runs in one process (its checks train small copies of the model side by side); under
+torchrun it refuses with exit status 2. Read more: docs/doctor.md (the Task, the report, the exit
+status) and `dltips tips ID` for one heuristic."""
 
 DOCTOR_EPILOG = """exit status:
   0  healthy: no check failed (with --fail-on warn: none warned either)
@@ -56,24 +65,24 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dltips", description="Deep-learning training heuristics, as checks and parts.")
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(title="commands")
-    tips = commands.add_parser("tips", help="list the tips, or show one in full")
+    tips = commands.add_parser("tips", help="list the tips, or show one in full (source, citation, code, defaults, example)")
     tips.add_argument("id", nargs="?", help="a tip id, e.g. one-cycle")
     tips.add_argument("--theme", choices=THEMES, help="only the tips of this theme")
     tips.set_defaults(command="tips", run=_run_tips)
 
     doctor = commands.add_parser("doctor", help="diagnose a Task: a verdict per tip, with the numbers and the fix",
-                                 description=textwrap.fill(
-                                     "Diagnose a Task: a verdict per tip, with the numbers and the fix. The doctor"
-                                     " runs in one process (its checks train small copies of the model side by"
-                                     " side); under torchrun it refuses with exit status 2.", width=88),
-                                 epilog=DOCTOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    doctor.add_argument("target", nargs="?", help="path/to/file.py:function or package.module:function returning a Task")
+                                 description=DOCTOR_DESCRIPTION, epilog=DOCTOR_EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("target", nargs="?", help="path/to/file.py:function or package.module:function: a function "
+                                                  "without arguments that returns a dltips.Task")
     doctor.add_argument("--demo", choices=sorted(DEMOS), help="diagnose a bundled demo task instead")
     doctor.add_argument("--json", metavar="PATH", help="write the report as JSON")
     doctor.add_argument("--html", metavar="PATH", help="write the report as one self-contained HTML file")
     doctor.add_argument("--budget", type=float, default=60.0, metavar="SECONDS", help="time budget (default 60)")
-    doctor.add_argument("--seed", type=int, default=0)
-    doctor.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    doctor.add_argument("--seed", type=int, default=0,
+                        help="seed of every random draw the checks make (default 0): the same seed gives the same verdicts")
+    doctor.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                        help="where the checks train their copies of the model (default auto: cuda when available)")
     doctor.add_argument("--only", type=_tip_list, metavar="TIP,...", help="run only these tips")
     doctor.add_argument("--skip", type=_tip_list, default=[], metavar="TIP,...", help="skip these tips")
     doctor.add_argument("--fail-on", choices=("fail", "warn"), default="fail",
@@ -96,6 +105,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="PATH", help="write the report as JSON")
     demo.add_argument("--html", metavar="PATH", help="write the report, with the plots, as HTML")
     demo.set_defaults(command="demo", run=_run_demo)
+
+    diff = commands.add_parser("diff", help="compare two doctor reports (--json files): which verdicts changed",
+                               description="Compare two reports written by `dltips doctor --json`: the verdicts that"
+                                           " got worse, better, appeared or went, with their key numbers side by side."
+                                           " Exit status 0, or 1 with --fail-on-worse when a verdict got worse, 2 when"
+                                           " a file cannot be read as a dltips report.")
+    diff.add_argument("before", help="the earlier report's JSON")
+    diff.add_argument("after", help="the later report's JSON")
+    diff.add_argument("--json", metavar="PATH", help="write the comparison as JSON")
+    diff.add_argument("--fail-on-worse", action="store_true", help="exit status 1 when a verdict got worse")
+    diff.set_defaults(command="diff", run=_run_diff)
 
     budget = commands.add_parser("budget", help="complete a training budget (C = 6·N·D) and show trade-offs at the same compute",
                                  description="Give two of --params, --tokens and --flops to complete C = 6·N·D, or one"
@@ -244,6 +264,8 @@ def _run_doctor(args: argparse.Namespace) -> int:
                         skip=args.skip, debug=args.debug)
     except ValueError as e:
         return _fail(str(e), args.debug)
+    # the report speaks of the command the user timed: the budget given and the time since start-up
+    report.budget_s, report.duration_s = args.budget, process_age_s()
     report.print(fail_on=args.fail_on)
     if args.json:
         report.to_json(args.json)
@@ -344,6 +366,13 @@ def _run_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_diff(args: argparse.Namespace) -> int:
+    """`dltips diff before.json after.json`: see dltips.diagnosis.diff."""
+    from dltips.diagnosis.diff import diff_main
+
+    return diff_main(args.before, args.after, json_path=args.json, fail_on_worse=args.fail_on_worse)
+
+
 def _run_budget(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from dltips.nlp.scaling import compute_budget, format_count
 
@@ -388,20 +417,8 @@ def _run_tips(args: argparse.Namespace, out: TextIO | None = None) -> int:
             out.write(f"\n{THEME_TITLES[theme]}\n")
         status = "" if tip.implemented_by else "  (to come)"
         out.write(f"  {tip.id:<30} {tip.kind:<12} {tip.title}{status}\n")
-    out.write("\n`dltips tips ID` shows one tip in full.\n")
+    out.write("\n`dltips tips ID` shows one in full: where it comes from, the code and its defaults, an example.\n")
     return 0
-
-
-def format_tip(tip: Tip) -> str:
-    """One tip in full, as `dltips tips ID` prints it."""
-    lines = [f"{tip.id}: {tip.title}", f"theme: {THEME_TITLES[tip.theme]}    kind: {tip.kind}", ""]
-    lines += textwrap.wrap(tip.advice, width=88)
-    lines.append("")
-    if tip.implemented_by:
-        lines.append("in dltips: " + ", ".join(tip.implemented_by))
-    else:
-        lines.append("in dltips: not implemented yet in this version.")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
