@@ -66,6 +66,9 @@ def test_public_program_styles_go_through_the_doctor_healthy(script, tmp_path):
                           env=ENV, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     statuses = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
-    assert statuses.count("PASS") >= 10, proc.stdout
+    # on a loaded machine the budget may cut the short run: its checks then say so, with the time they need,
+    # and give no verdict (the budget decides how much is examined, never what is concluded)
+    cut = [line for line in proc.stdout.splitlines() if re.match(r"SKIP  \S+: Not run to the end: needs about \d+ s", line)]
+    assert statuses.count("PASS") + len(cut) >= 10, proc.stdout
     assert "WARN" not in statuses and "FAIL" not in statuses, proc.stdout
     assert re.search(r"PASS  overfit-tiny: Overfits (1, )?2, 8, 32 training items", proc.stdout), proc.stdout
