@@ -8,6 +8,7 @@ shape instead of as a deep traceback in the middle of training.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import math
@@ -141,8 +142,14 @@ class Task:
         its own `configure_optimizers()` returns (the first optimizer; the scheduler with its "interval"),
         and is trained by its own `training_step(batch, batch_idx)` (automatic optimization: zero_grad, the
         step's loss, backward, optimizer.step()). `fields` are the other Task fields: `kind`, `n_classes`,
-        `loss` (what dltips evaluates `module(x)` with; the kind's default otherwise), `name`, ...
-        Batches must be `(x, y)` pairs. Lightning itself is not imported: any object with these methods
+        `loss` (what dltips evaluates `module(x)` with), `name`, ... Batches must be `(x, y)` pairs.
+
+        Without `loss=`, a `validation_step` that returns or logs a loss (a name holding "loss") decides
+        it: run once on a copy of the module, on the first validation batch, its value is matched against
+        the kind's default loss and the loss objects the module holds (`self.criterion =
+        nn.CrossEntropyLoss(label_smoothing=0.1)`, `self.loss_fn = F.nll_loss`); the first that gives the
+        same value is the Task's loss. When none does, a warning gives both values and asks for `loss=`,
+        and the kind's default is used. Lightning itself is not imported: any object with these methods
         works.
         """
         if not getattr(module, "automatic_optimization", True):
@@ -153,6 +160,9 @@ class Task:
         _, scheduler, interval = lightning_optimizers(module.configure_optimizers())  # the form, read once
         optimizer = ModelOptimizer(lambda model: lightning_optimizers(model.configure_optimizers())[:2])
         fields.setdefault("name", type(module).__name__)
+        if fields.get("loss") is None and fields.get("forward") is None:
+            fields["loss"] = validation_loss(module, valid, fields.get("kind", "classification"),
+                                             fields.get("output"), fields.get("ignore_index", IGNORE_INDEX))
         return cls(module, train, valid, test, optimizer=optimizer, step=lightning_step,
                    scheduler=optimizer.scheduler_for if scheduler is not None else None, scheduler_interval=interval,
                    **fields)
@@ -324,6 +334,15 @@ DEFAULT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
     "multilabel": multilabel_loss,
     "regression": regression_loss,
     "language-model": language_model_loss,
+}
+
+
+DEFAULT_LOSS_NAMES = {
+    "classification": "cross_entropy",
+    "binary": "binary_cross_entropy_with_logits",
+    "multilabel": "binary_cross_entropy_with_logits",
+    "regression": "mse_loss",
+    "language-model": "cross_entropy",
 }
 
 
@@ -789,6 +808,92 @@ def lightning_step(model: nn.Module, batch: Any, optimizer: Any) -> torch.Tensor
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+_SAME_LOSS_RTOL = 1e-4  # float32 evaluations of one loss on one batch agree to about 1e-6
+
+
+def validation_loss(module: nn.Module, valid: Any, kind: str, output: Any = None,
+                    ignore_index: int = IGNORE_INDEX) -> Callable | None:
+    """The loss object of `module` that its `validation_step` reports, or None for the kind's default loss.
+
+    `validation_step(batch, 0)` runs once, on a deep copy of the module in eval mode without gradients
+    (its logs and appends land on the copy), on the first batch of the `valid` loader; the loss it
+    returns or logs (`self.log("val_loss", ...)`, the first name holding "loss") is compared with the
+    kind's default loss, then with each loss the module holds (`_held_losses`), on `module(x)` for the
+    same batch. None also when the step reports no loss, cannot run without a Trainer, or the module
+    cannot be copied: the default stands, unchecked. When no candidate gives the reported value a
+    warning names both values.
+    """
+    if not _user_defined(module, "validation_step") or not isinstance(valid, DataLoader):
+        return None
+    with rng_kept():
+        batch = next(iter(valid), None)
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        return None
+    try:
+        replica = copy.deepcopy(module)
+    except Exception:  # noqa: BLE001 -- an object that cannot be copied: nothing is run on the user's module
+        return None
+    x, y = to_device(tuple(batch), model_device(replica))
+    logged: dict[str, Any] = {}
+    replica.__dict__["log"] = lambda name, value, *args, **kwargs: logged.setdefault(name, value)
+    replica.__dict__["log_dict"] = lambda values, *args, **kwargs: [logged.setdefault(k, v) for k, v in values.items()]
+    with rng_kept(), eval_mode(replica), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            returned = replica.validation_step((x, y), 0)
+            reported = _reported_loss(returned, logged)
+            if reported is None:
+                return None
+            prediction = select_output(call_model(replica, x), output)
+            counted = torch.where(y == ignore_index, IGNORE_INDEX, y) if ignore_index != IGNORE_INDEX else y
+            default = float(DEFAULT_LOSSES[kind](prediction, counted))
+            if math.isclose(default, reported, rel_tol=_SAME_LOSS_RTOL, abs_tol=1e-7):
+                return None
+            tried = [f"the default {DEFAULT_LOSS_NAMES[kind]} gives {default:.6g}"]
+            for name, loss in _held_losses(replica):
+                try:
+                    value = float(loss(prediction, y))
+                except Exception:  # noqa: BLE001 -- a loss for other outputs (an auxiliary head): not this one
+                    continue
+                if math.isclose(value, reported, rel_tol=_SAME_LOSS_RTOL, abs_tol=1e-7):
+                    return getattr(module, name)
+                tried.append(f"self.{name} gives {value:.6g}")
+        except Exception:  # noqa: BLE001 -- a step that needs a Trainer (self.trainer, self.optimizers()): no check
+            return None
+    warnings.warn(f"Task.from_lightning: validation_step reports a loss of {reported:.6g} on the first validation "
+                  f"batch, but {'; '.join(tried)}. The doctor evaluates with the default; pass loss= the loss "
+                  "validation_step computes (e.g. loss=lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1)).",
+                  stacklevel=3)
+    return None
+
+
+def _reported_loss(returned: Any, logged: dict[str, Any]) -> float | None:
+    """The loss a validation_step returned (a scalar, or a dict's "loss"/"val_loss"/first "...loss..." entry)
+    or logged (the first name holding "loss"), as a float; None when there is none."""
+    candidates: list[Any] = []
+    if isinstance(returned, torch.Tensor):
+        candidates.append(returned)
+    elif isinstance(returned, Mapping):
+        candidates += [v for k, v in returned.items() if isinstance(k, str) and "loss" in k.lower()]
+    candidates += [v for k, v in logged.items() if isinstance(k, str) and "loss" in k.lower()]
+    for value in candidates:
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+            return float(value)
+        if isinstance(value, float):
+            return value
+    return None
+
+
+def _held_losses(module: nn.Module) -> list[tuple[str, Callable]]:
+    """(attribute name, loss) for each loss `module` holds: its torch loss modules (`nn.CrossEntropyLoss`
+    children), then callables stored under a name holding "loss" or "criterion" (`self.loss_fn = F.nll_loss`)."""
+    held = [(name, child) for name, child in module.named_children() if isinstance(child, nn.modules.loss._Loss)]
+    held += [(name, value) for name, value in vars(module).items()
+             if callable(value) and not isinstance(value, nn.Module) and name not in ("log", "log_dict")
+             and ("loss" in name.lower() or "criterion" in name.lower())]
+    return held
 
 
 def _lightning_loaders(module: Any, datamodule: Any) -> tuple[Any, Any, Any]:

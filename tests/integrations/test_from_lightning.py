@@ -132,3 +132,49 @@ def test_configure_optimizers_forms_and_refusals():
         Task.from_lightning(Manual(), Blobs())
     with pytest.raises(TaskError, match="val_dataloader"):
         Task.from_lightning(Classifier(), TrainOnly())
+
+
+class Smoothed(Classifier):
+    """Trained and validated with a label-smoothed cross-entropy it holds; validation_step logs the loss."""
+
+    def __init__(self, held=True):
+        super().__init__()
+        if held:
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=0.2)
+        self.validated = []
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y, label_smoothing=0.2)
+        self.validated.append(len(y))
+        self.log("val_loss", loss)
+
+
+class ReturnsPlainLoss(Classifier):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        return {"val_loss": F.nll_loss(F.log_softmax(self(x), 1), y)}
+
+
+def test_validation_step_decides_the_loss_the_doctor_evaluates_with():
+    data, module = Blobs(), Smoothed()
+    data.setup("fit")
+    task = Task.from_lightning(module, data)
+    assert task.loss is module.criterion  # the held loss that gives validation_step's value
+    x, y = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        expected = F.cross_entropy(module(x), y, label_smoothing=0.2)
+        assert torch.allclose(task.loss_fn(module(x), y), expected)
+        assert not torch.allclose(F.cross_entropy(module(x), y), expected)
+    assert module.validated == []  # validation_step ran on a copy: the module's list is untouched
+    assert all(p.grad is None for p in module.parameters())
+    assert Task.from_lightning(ReturnsPlainLoss(), Blobs()).loss is None  # nll of log-softmax: the default
+
+
+def test_a_validation_loss_no_candidate_gives_is_warned_with_both_values():
+    with pytest.warns(UserWarning, match=r"validation_step reports a loss of [\d.]+.*default cross_entropy gives"
+                                         r" [\d.]+.*pass loss="):
+        task = Task.from_lightning(Smoothed(held=False), Blobs())
+    assert task.loss is None
+    given = Task.from_lightning(Smoothed(held=False), Blobs(), loss=lambda out, y: F.cross_entropy(out, y, label_smoothing=0.2))
+    assert given.loss is not None  # loss= given: validation_step is not consulted
