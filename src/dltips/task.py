@@ -133,7 +133,8 @@ class Task:
         return self.optimizer(model.parameters()) if self.optimizer is not None else None
 
     @classmethod
-    def from_lightning(cls, module: nn.Module, datamodule: Any = None, **fields: Any) -> Task:
+    def from_lightning(cls, module: nn.Module, datamodule: Any = None, target: str | None = None,
+                       **fields: Any) -> Task:
         """A Task from a LightningModule (and its LightningDataModule), the module unchanged.
 
         The data are the datamodule's loaders (after its `prepare_data()` and `setup("fit")`), else the
@@ -142,7 +143,12 @@ class Task:
         its own `configure_optimizers()` returns (the first optimizer; the scheduler with its "interval"),
         and is trained by its own `training_step(batch, batch_idx)` (automatic optimization: zero_grad, the
         step's loss, backward, optimizer.step()). `fields` are the other Task fields: `kind`, `n_classes`,
-        `loss` (what dltips evaluates `module(x)` with), `name`, ... Batches must be `(x, y)` pairs.
+        `loss` (what dltips evaluates `module(x)` with), `name`, ...
+
+        Batches are `(x, y)` pairs, or dicts (`{"image": ..., "label": ...}`): the entry named `target`
+        (default: the first of TARGET_KEYS the items have) is the target, the others are the inputs,
+        called as `module(**inputs)` when they name `forward`'s arguments, else `module(inputs)`; the
+        loader's `collate_fn` batches the dicts and `training_step` gets them as the loader gives them.
 
         Without `loss=`, a `validation_step` that returns or logs a loss (a name holding "loss") decides
         it: run once on a copy of the module, on the first validation batch, its value is matched against
@@ -160,10 +166,19 @@ class Task:
         _, scheduler, interval = lightning_optimizers(module.configure_optimizers())  # the form, read once
         optimizer = ModelOptimizer(lambda model: lightning_optimizers(model.configure_optimizers())[:2])
         fields.setdefault("name", type(module).__name__)
+        key = _dict_target(train, target)
         if fields.get("loss") is None and fields.get("forward") is None:
             fields["loss"] = validation_loss(module, valid, fields.get("kind", "classification"),
-                                             fields.get("output"), fields.get("ignore_index", IGNORE_INDEX))
-        return cls(module, train, valid, test, optimizer=optimizer, step=lightning_step,
+                                             fields.get("output"), fields.get("ignore_index", IGNORE_INDEX), key)
+        step = lightning_step
+        if key is not None:
+            collate = None if train.collate_fn is default_collate else train.collate_fn
+            fields.setdefault("collate_fn", functools.partial(dict_collate, collate, key))
+            fields.setdefault("batch_size", train.batch_size)
+            train, valid, test = (None if loader is None else HFItems(loader.dataset, False, (key,))
+                                  for loader in (train, valid, test))
+            step = functools.partial(lightning_step, target=key)
+        return cls(module, train, valid, test, optimizer=optimizer, step=step,
                    scheduler=optimizer.scheduler_for if scheduler is not None else None, scheduler_interval=interval,
                    **fields)
 
@@ -795,8 +810,14 @@ def lightning_optimizers(configured: Any) -> tuple[Any, Any, str]:
                     "an optimizer, a dict with 'optimizer' (and 'lr_scheduler'), or a list of them")
 
 
-def lightning_step(model: nn.Module, batch: Any, optimizer: Any) -> torch.Tensor:
-    """One automatic-optimization step of a LightningModule: zero_grad, `training_step`, backward, step."""
+def lightning_step(model: nn.Module, batch: Any, optimizer: Any, target: str | None = None) -> torch.Tensor:
+    """One automatic-optimization step of a LightningModule: zero_grad, `training_step`, backward, step.
+
+    With `target`, the batch `(inputs, y)` goes to `training_step` as the dict its loader gave:
+    `{**inputs, target: y}`."""
+    if target is not None:
+        inputs, y = batch
+        batch = {**inputs, target: y}
     optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # self.log() without a Trainer warns that it logs nothing: nothing to log here
         warnings.filterwarnings("ignore", message=".*self.log.*")
@@ -814,35 +835,40 @@ _SAME_LOSS_RTOL = 1e-4  # float32 evaluations of one loss on one batch agree to 
 
 
 def validation_loss(module: nn.Module, valid: Any, kind: str, output: Any = None,
-                    ignore_index: int = IGNORE_INDEX) -> Callable | None:
+                    ignore_index: int = IGNORE_INDEX, target: str | None = None) -> Callable | None:
     """The loss object of `module` that its `validation_step` reports, or None for the kind's default loss.
 
     `validation_step(batch, 0)` runs once, on a deep copy of the module in eval mode without gradients
     (its logs and appends land on the copy), on the first batch of the `valid` loader; the loss it
     returns or logs (`self.log("val_loss", ...)`, the first name holding "loss") is compared with the
     kind's default loss, then with each loss the module holds (`_held_losses`), on `module(x)` for the
-    same batch. None also when the step reports no loss, cannot run without a Trainer, or the module
-    cannot be copied: the default stands, unchecked. When no candidate gives the reported value a
-    warning names both values.
+    same batch (a dict batch's inputs are its entries other than `target`). None also when the step
+    reports no loss, cannot run without a Trainer, or the module cannot be copied: the default stands,
+    unchecked. When no candidate gives the reported value a warning names both values.
     """
     if not _user_defined(module, "validation_step") or not isinstance(valid, DataLoader):
         return None
     with rng_kept():
         batch = next(iter(valid), None)
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+    if target is not None and isinstance(batch, Mapping) and target in batch:
+        x, y = {k: v for k, v in batch.items() if k != target}, batch[target]
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+    else:
         return None
     try:
         replica = copy.deepcopy(module)
     except Exception:  # noqa: BLE001 -- an object that cannot be copied: nothing is run on the user's module
         return None
-    x, y = to_device(tuple(batch), model_device(replica))
+    device = model_device(replica)
+    batch, x, y = to_device(batch, device), to_device(x, device), to_device(y, device)
     logged: dict[str, Any] = {}
     replica.__dict__["log"] = lambda name, value, *args, **kwargs: logged.setdefault(name, value)
     replica.__dict__["log_dict"] = lambda values, *args, **kwargs: [logged.setdefault(k, v) for k, v in values.items()]
     with rng_kept(), eval_mode(replica), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            returned = replica.validation_step((x, y), 0)
+            returned = replica.validation_step(batch, 0)
             reported = _reported_loss(returned, logged)
             if reported is None:
                 return None
@@ -896,6 +922,30 @@ def _held_losses(module: nn.Module) -> list[tuple[str, Callable]]:
     return held
 
 
+TARGET_KEYS = ("labels", "label", "targets", "target", "y")  # where a dict batch keeps its target, by custom
+
+
+def _dict_target(train: Any, target: str | None) -> str | None:
+    """The key of the target in the train loader's dict items; None when its items are not dicts."""
+    if not isinstance(train, DataLoader) or not hasattr(train.dataset, "__getitem__"):
+        if target is not None:
+            raise TaskError("train", f"a {type(train).__name__}, not a DataLoader over dict items",
+                            "target= only with a train_dataloader() whose items are dicts")
+        return None
+    item = train.dataset[0]
+    if not isinstance(item, Mapping):
+        if target is not None:
+            raise TaskError("train", f"items of type {type(item).__name__} with target={target!r}",
+                            "dict items, or no target= for (x, y) pairs")
+        return None
+    key = target if target is not None else next((k for k in TARGET_KEYS if k in item), None)
+    if key is None or key not in item:
+        missing = repr(target) if target is not None else "none of " + ", ".join(TARGET_KEYS)
+        raise TaskError("train", f"dict items with keys {sorted(item)}, without {missing}",
+                        "target= the key that holds each item's target")
+    return key
+
+
 def _lightning_loaders(module: Any, datamodule: Any) -> tuple[Any, Any, Any]:
     """(train, valid, test) loaders of the datamodule, else of the module; test None when there is none."""
     source = module if datamodule is None else datamodule
@@ -941,11 +991,12 @@ def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
 
 
 class HFItems(Dataset):
-    """A Hugging Face dataset's dict items as `(inputs, labels)` pairs of tensors: `labels` (or `label`), or
-    for a causal LM without them its `input_ids`; unshifted, unpadded."""
+    """Dict items as `(inputs, labels)` pairs of tensors: the labels are the first of `keys` an item has
+    (`labels`, else `label`, for a Hugging Face dataset), or for a causal LM without them its `input_ids`;
+    unshifted, unpadded. The inputs are the item's other entries."""
 
-    def __init__(self, dataset: Any, causal: bool):
-        self.dataset, self.causal = dataset, causal
+    def __init__(self, dataset: Any, causal: bool, keys: tuple[str, ...] = ("labels", "label")):
+        self.dataset, self.causal, self.keys = dataset, causal, keys
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -954,20 +1005,27 @@ class HFItems(Dataset):
         item = self.dataset[i]
         if not isinstance(item, Mapping):
             raise TaskError("train", f"items of type {type(item).__name__}", "dicts of input_ids, ... and labels")
-        inputs = {k: torch.as_tensor(v) for k, v in item.items() if k not in ("labels", "label")}
-        label = item.get("labels", item.get("label"))
+        inputs = {k: torch.as_tensor(v) for k, v in item.items() if k not in self.keys}
+        label = next((item[k] for k in self.keys if k in item), None)
         if label is None:
             if not self.causal:
-                raise TaskError("train", "items without 'labels' or 'label'", "a label per item for this head")
+                raise TaskError("train", f"items without {' or '.join(map(repr, self.keys))}",
+                                "a label per item for this head")
             label = inputs["input_ids"]
         return inputs, torch.as_tensor(label)
+
+
+def dict_collate(collate: Callable | None, key: str, items: list) -> tuple[dict, Any]:
+    """(inputs, targets) of `(inputs, target)` items batched as the dicts they came from: each item's inputs
+    and target under `key` go to `collate` (default_collate), and the target is taken back out of the batch."""
+    batch = dict((collate or default_collate)([{**inputs, key: target} for inputs, target in items]))
+    return batch, batch.pop(key)
 
 
 def _hf_collate(collator: Callable | None, causal: bool, pad_id: int, items: list) -> tuple[dict, torch.Tensor]:
     """(inputs, targets) of `items`: by the data collator when given, else padded; causal targets shifted."""
     if collator is not None:
-        batch = dict(collator([{**inputs, "labels": label} for inputs, label in items]))
-        labels = batch.pop("labels")
+        batch, labels = dict_collate(collator, "labels", items)
     else:
         keys = items[0][0].keys()
         values = {"input_ids": pad_id, "attention_mask": 0}

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import dltips
 from dltips import Task, TaskError, fit
@@ -178,3 +178,72 @@ def test_a_validation_loss_no_candidate_gives_is_warned_with_both_values():
     assert task.loss is None
     given = Task.from_lightning(Smoothed(held=False), Blobs(), loss=lambda out, y: F.cross_entropy(out, y, label_smoothing=0.2))
     assert given.loss is not None  # loss= given: validation_step is not consulted
+
+
+class DictBlobs(Dataset):
+    """Blobs as dict items, the way many datasets hand them to a LightningModule."""
+
+    def __init__(self, n, seed):
+        self.x, self.y = blobs(n, seed).tensors
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"features": self.x[i], "label": self.y[i]}
+
+
+class DictData(L.LightningDataModule):
+    def setup(self, stage):
+        self.train, self.valid = DictBlobs(192, 0), DictBlobs(64, 1)
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=32, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.valid, batch_size=64)
+
+
+class DictClassifier(Classifier):
+    def __init__(self, broken=False):
+        super().__init__()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.broken = broken
+
+    def forward(self, features):
+        return self.net(features)
+
+    def training_step(self, batch, batch_idx):
+        assert set(batch) == {"features", "label"}  # the loader's dict, as Lightning hands it
+        self.steps += 1
+        label = batch["label"][torch.randperm(len(batch["label"]))] if self.broken else batch["label"]
+        return self.criterion(self(batch["features"]), label)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.criterion(self(batch["features"]), batch["label"]))
+
+
+def test_dict_batches_are_split_at_their_target_and_handed_whole_to_training_step():
+    module, data = DictClassifier(), DictData()
+    task = Task.from_lightning(module, data)
+    x, y = task.first_batch(task.train, 4)
+    assert set(x) == {"features"} and torch.equal(y, data.train.y[:4]) and task.batch_size == 32
+    assert task.loss is module.criterion  # read from validation_step on the dict batch
+    module.steps = 0
+    result = fit(task, epochs=2, recipe=dltips.Recipe(), progress=False)
+    assert module.steps == result.steps == 12 and result.history[-1]["valid_accuracy"] > 0.9
+    report = dltips.doctor(Task.from_lightning(DictClassifier(), DictData()), budget_s=30, progress=False)
+    assert not [(f.tip, f.title) for f in report.findings if f.status in ("warn", "fail")]
+    broken = dltips.doctor(Task.from_lightning(DictClassifier(broken=True), DictData()), budget_s=30, progress=False)
+    assert any(f.tip == "overfit-tiny" and f.status == "fail" for f in broken.findings)
+
+
+def test_dict_items_without_a_known_target_key_ask_for_target():
+    class Renamed(DictData):
+        def train_dataloader(self):
+            return DataLoader([{"features": x, "class_id": y} for x, y in blobs(64, 0)], batch_size=32)
+
+    with pytest.raises(TaskError, match=r"keys \['class_id', 'features'\].*target="):
+        Task.from_lightning(DictClassifier(), Renamed())
+    with pytest.raises(TaskError, match="dict items, or no target="):
+        Task.from_lightning(Classifier(), Blobs(), target="label")
