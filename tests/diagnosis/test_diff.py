@@ -113,3 +113,11 @@ def test_the_loop_fix_one_thing_and_run_again(tmp_path, one_thread, capsys):
         c for c in data["changes"] if c["check"] == "overfit-tiny").items()
     assert main(["diff", after, before, "--fail-on-worse"]) == 1  # the other way round, a regression
     assert main(["diff", after, before]) == 0
+
+
+def test_a_checks_findings_are_matched_by_tip_not_by_position():
+    dead = Finding("activation-gradient-stats", "fail", "all dead", "m", check="cause-probes")
+    output = Finding("initialization", "pass", "output range ok", "m", check="cause-probes")
+    revived = Finding("activation-gradient-stats", "pass", "alive", "m", check="cause-probes")
+    diff = diff_reports(report(dead, output), report(output, revived))  # order swapped, tips kept
+    assert {(c.tip, c.kind) for c in diff.changes} == {("activation-gradient-stats", "better"), ("initialization", "same")}

@@ -1,8 +1,9 @@
 """Two doctor reports side by side: which verdicts changed, with their key numbers (`dltips diff`).
 
 The loop a user lives in: fix one thing, run the doctor again, compare. Findings are matched by their check
-(the JSON's "check", or the tip in reports written before it existed) and, when one check gives several
-findings, by their order within that check. A finding present on one side only is "new" or "gone".
+(the JSON's "check", or the tip in reports written before it existed) and their tip (the cause probes give
+findings of several tips) and, when one check gives several findings of one tip, by their order among them.
+A finding present on one side only is "new" or "gone".
 
 A change is "worse" or "better" by the order fail < error (could not run) < warn < skip < info < pass: a
 skip sits below an info because it examined nothing. The key numbers of a pair are the scalar numbers of
@@ -154,14 +155,15 @@ def _read(path: str) -> dict:
     return data
 
 
-def _by_check(report: dict) -> dict[tuple[str, int], dict]:
-    """Findings keyed by (check, its position among that check's findings)."""
-    seen: dict[str, int] = {}
+def _by_check(report: dict) -> dict[tuple[str, str, int], dict]:
+    """Findings keyed by (check, tip, its position among that check's findings of that tip)."""
+    seen: dict[tuple[str, str], int] = {}
     keyed = {}
     for f in report["findings"]:
         check = f.get("check") or f["tip"]
-        keyed[(check, seen.get(check, 0))] = f
-        seen[check] = seen.get(check, 0) + 1
+        position = seen.get((check, f["tip"]), 0)
+        keyed[(check, f["tip"], position)] = f
+        seen[(check, f["tip"])] = position + 1
     return keyed
 
 
