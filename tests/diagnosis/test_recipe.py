@@ -248,3 +248,30 @@ def test_language_model_tasks_get_weight_tying_and_unseen_tokens():
     assert [(f.tip, f.status) for f in untied.findings] == [("weight-tying", "warn")]
     assert "weight-tying" not in {f.tip for f in doctor(small_task(), budget_s=5, progress=False,
                                                           only=["weight-tying", "initialization"]).findings}
+
+
+def test_a_per_epoch_schedule_is_not_stretched_past_what_the_short_run_stands_for():
+    from sklearn.datasets import load_digits
+    from torch.optim import Adadelta
+    from torch.optim.lr_scheduler import StepLR
+
+    from dltips.diagnosis.recipe import SHORT_RUN_EPOCHS, _short_run_scheduler, short_run_steps
+    from dltips.training.schedule import EveryKthStep
+
+    digits = load_digits()
+    x, y = torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10), nn.LogSoftmax(1))
+    task = Task(model, TensorDataset(x[:300], y[:300]), TensorDataset(x[1400:1600], y[1400:1600]), loss=F.nll_loss,
+                batch_size=64, optimizer=lambda p: Adadelta(p, lr=1.0), scheduler=lambda o: StepLR(o, 1, gamma=0.7))
+    epochs = short_run_steps(task) // (300 // 64)  # 400 steps of 4 batches: 100 epochs
+    optimizer = Adadelta(nn.Linear(2, 2).parameters(), lr=1.0)
+    scheduler = _short_run_scheduler(task, epochs)(optimizer)
+    for _ in range(epochs):
+        optimizer.step()
+        scheduler.step()
+    assert isinstance(scheduler, EveryKthStep) and scheduler.last_epoch == SHORT_RUN_EPOCHS
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.7 ** SHORT_RUN_EPOCHS)
+    # stepped 100 times, the LR fell to 0.7^100 = 3e-16 and the short run read "layers learning too slowly"
+    report = doctor(task, budget_s=60, progress=False, only=["update-ratio"])
+    assert [f.status for f in report.findings if f.tip == "update-ratio"] == ["pass"]

@@ -45,6 +45,7 @@ from dltips.findings import Finding, could_not_run, skipped_for_time
 from dltips.monitor.loop import LOOP_CAUSES
 from dltips.task import Task
 from dltips.training.lr import make_optimizer
+from dltips.training.schedule import EveryKthStep
 
 # The plan of each training check is fixed by the task, never by the clock: the budget only decides whether a
 # check runs to the end of its plan, and a check that cannot says `skip` with the time it needs.
@@ -374,7 +375,7 @@ class Doctor:
             return None, None
         self.say(f"short training run ({max_steps} steps, monitored) ...")
         start = time.perf_counter()
-        run_task = dataclasses.replace(task, model=model)
+        run_task = dataclasses.replace(task, model=model, scheduler=_short_run_scheduler(task, epochs))
         monitor, tracker = Watch(every=max(1, max_steps // MONITOR_SAMPLES)), MetricTracker()
         limit = TimeLimit(max(deadline.left(), 0.1))
         try:
@@ -481,6 +482,16 @@ def doctor(
 def _is_gaps(finding: Finding) -> bool:
     """The error-gaps check's own finding (the target-leak check reports under the same tip)."""
     return finding.tip == "error-gaps" and "errors" in finding.evidence
+
+
+def _short_run_scheduler(task: Task, epochs: int) -> Callable | None:
+    """The Task's scheduler for a short run of `epochs` epochs: a per-epoch one steps every k-th epoch, so that
+    it takes at most SHORT_RUN_EPOCHS steps (a small dataset's run has more epochs than a user's own)."""
+    every = math.ceil(epochs / SHORT_RUN_EPOCHS)
+    build = task.scheduler
+    if build is None or task.scheduler_interval != "epoch" or every <= 1:
+        return build
+    return lambda optimizer: EveryKthStep(build(optimizer), every)
 
 
 def short_run_steps(task: Task) -> int:

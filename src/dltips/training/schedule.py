@@ -211,3 +211,26 @@ class OneCycle(LRScheduler):
         self._last_lr = [
             g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in self.optimizer.param_groups
         ]
+
+
+class EveryKthStep:
+    """A scheduler stepped on every `k`-th call of `step()` only; any other attribute is the scheduler's.
+
+    The doctor's short run trains small datasets for many more epochs than a user's own run (at least
+    its step count), so a per-epoch schedule (`StepLR(gamma=0.7)` for pytorch/examples' 14 epochs)
+    would decay the LR far past anything the user's program reaches. Stepping it once every `k`
+    epochs keeps the schedule to the number of epochs the short run stands for.
+    """
+
+    def __init__(self, scheduler: Any, k: int):
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        self.scheduler, self.k, self.calls = scheduler, k, 0
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls % self.k == 0:
+            self.scheduler.step(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["scheduler"], name)
