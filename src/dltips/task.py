@@ -577,20 +577,28 @@ def _infer_n_classes(kind: str, output: Any) -> int | None:
 
 
 def _labels_to_check(data: Dataset) -> torch.Tensor:
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return data.tensors[1]
+    whole = target_tensor(data)
+    if whole is not None:
+        return whole
     return read_targets(data, range(min(len(data), _SCAN_ITEMS))).reshape(-1)
 
 
-def read_targets(data: Dataset, positions: Any = None) -> torch.Tensor:
-    """The targets of `data` (all, or at `positions`): a two-tensor TensorDataset's (or its Subset's) target
-    tensor, else read item by item, stacked when they share one shape, else flattened and joined (sequences
-    of different lengths)."""
+def target_tensor(data: Dataset) -> torch.Tensor | None:
+    """All targets of a two-tensor TensorDataset, or of a Subset of one, as one tensor, without reading
+    items; None for any other dataset."""
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return data.tensors[1] if positions is None else data.tensors[1][torch.as_tensor(list(positions), dtype=torch.long)]
+        return data.tensors[1]
     if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset) and len(data.dataset.tensors) == 2:
-        chosen = data.indices if positions is None else [data.indices[i] for i in positions]
-        return data.dataset.tensors[1][torch.as_tensor(chosen, dtype=torch.long)]
+        return data.dataset.tensors[1][torch.as_tensor(data.indices, dtype=torch.long)]
+    return None
+
+
+def read_targets(data: Dataset, positions: Any = None) -> torch.Tensor:
+    """The targets of `data` (all, or at `positions`): `target_tensor` when it has one, else read item by
+    item, stacked when they share one shape, else flattened and joined (sequences of different lengths)."""
+    whole = target_tensor(data)
+    if whole is not None:
+        return whole if positions is None else whole[torch.as_tensor(list(positions), dtype=torch.long)]
     targets = [torch.as_tensor(data[i][1]) for i in (range(len(data)) if positions is None else positions)]
     if all(t.shape == targets[0].shape for t in targets):
         return torch.stack(targets)

@@ -62,13 +62,16 @@ CALIBRATION = [  # name, inputs, labels, status, flags expected
     ("rgb images in [0, 1]", RNG.random((600, 3, 16, 16)), RNG.integers(0, 10, 600), "pass", set()),
     ("digits images raw 0-255", IMAGES * 255 / 16, DIGITS.target, "warn", {"unnormalised"}),
     ("wine raw", WINE.data, WINE.target, "warn", {"unnormalised"}),
-    ("breast_cancer raw", CANCER.data, CANCER.target, "warn", {"unnormalised", "tiny"}),
+    ("breast_cancer raw", CANCER.data, CANCER.target, "warn", {"unnormalised", "few-tiny"}),
+    ("wine in [0, 1] divided by 255", (WINE.data - WINE.data.min(0)) / np.ptp(WINE.data, 0) / 255, WINE.target, "warn",
+     {"tiny"}),
     ("digits images standardised twice", 0.05 * (IMAGES - IMAGES.mean()) / IMAGES.std(), DIGITS.target, "warn",
      {"tiny"}),
     ("wine standardised + constant column", with_column(standardise(WINE.data), 3.0), WINE.target, "info",
      {"constant"}),
     ("wine standardised with a NaN", with_nan(standardise(WINE.data)), WINE.target, "fail", {"nonfinite"}),
     ("digits standardised as columns", standardise(DIGITS.data), DIGITS.target, "info", {"constant"}),
+    ("digits / 16 as columns", DIGITS.data / 16, DIGITS.target, "info", {"constant", "few-tiny"}),
 ]
 
 

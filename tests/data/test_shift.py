@@ -313,3 +313,16 @@ def test_running_out_while_reading_items_skips():
     task = Task(Flat(10, 3), list(zip(x[:600], y[:600])), list(zip(x[:600], y[:600])), list(zip(x[600:], y[600:])))
     f = one_skip(check_val_test_match(task, deadline=ExpiresAfter(2)))
     assert f"read {2 * READ_CHUNK} of the 1200 validation and test items" in f.message
+
+
+def test_every_label_of_a_tensor_dataset_or_its_subset_is_read_without_items():
+    from torch.utils.data import Subset
+
+    from dltips.data.shift import _all_labels
+
+    y = torch.arange(10) % 3
+    pairs = TensorDataset(torch.randn(10, 2), y)
+    sampled = torch.tensor([0, 1])
+    assert torch.equal(_all_labels(pairs, sampled), y)
+    assert torch.equal(_all_labels(Subset(pairs, [7, 2, 5]), sampled), y[[7, 2, 5]])
+    assert _all_labels([(torch.zeros(2), 1)] * 4, sampled) is sampled  # a list of items: the labels sampled

@@ -10,8 +10,11 @@ Verdicts, per channel or feature:
 
     fail   NaN or infinite values
     warn   unnormalised: std > 10 or 99th percentile of |x| > 20 (raw pixels, raw measurements)
-    warn   tiny scale (normalised twice): an image channel with 0 < std < 0.1, or a
-           tabular feature whose values all lie within +-0.1 without being constant
+    warn   tiny scale (normalised twice): an image channel with 0 < std < 0.1, or
+           tabular features whose values all lie within +-0.1 without being constant,
+           at least half of the non-constant ones (a second normalisation shrinks them
+           all); fewer are `info` (a feature in other units, or almost always 0, as a
+           corner pixel of digits / 16 is)
     info   constant tabular feature (std 0 over the sampled items): reported, not a
            warning, because flattened images legitimately have constant border pixels
            (last row below) and a constant input does no harm by itself; constant image
@@ -32,10 +35,12 @@ channels or features; "|x| q99": largest 99th percentile of |x|):
     3 x 16 x 16 images uniform in [0, 1]           0.29          0.99      pass
     digits images as raw 0-255                     95.6          255       warn: unnormalised
     wine raw (proline up to 1680)                  0.12-314      1520      warn: unnormalised
-    breast_cancer raw (area up to 4254)            0.0027-574    2890      warn: unnormalised + tiny
+    breast_cancer raw (area up to 4254)            0.0027-574    2890      warn: unnormalised; info: 5/30 tiny
+    wine in [0, 1], then / 255 again               0.0006-0.0010 0.0037    warn: tiny scale (13 of 13)
     digits images standardised twice               0.050         0.092     warn: tiny scale
     wine standardised + a constant column          0             -         info: constant
     wine standardised with one NaN                 -             -         fail
+    digits / 16 as 64 columns                      0-0.41        1.0       info: 6-8 constant, 1-4 tiny
     digits standardised as 64 columns              0-1.87        6.99      info: constant (border pixels)
 
 The last row is why constant features are `info`: flattened images have constant
@@ -63,6 +68,7 @@ UNNORMALISED_STD = 10.0
 UNNORMALISED_ABS = 20.0  # on the 99th percentile of |x|
 TINY_IMAGE_STD = 0.1
 TINY_TABULAR_ABS = 0.1
+TINY_SHARE = 0.5  # tiny tabular features warn only when they are at least this share of the non-constant ones
 MAX_LISTED = 64  # channels/features listed in the evidence; beyond, a summary and the worst offenders
 WORST_LISTED = 16
 SAMPLE_PER_BATCH = 4096  # values per channel and batch kept for the percentile
@@ -266,17 +272,35 @@ _PROBLEMS = {  # flag: (status, what it means, what to do)
     "tiny": ("warn", "have a tiny scale (normalised twice?)",
              ("Check that the inputs are normalised once: a second division by 255 or a second standardisation "
               "shrinks them far below unit scale.")),
+    "few-tiny": ("info", "include a few features of tiny scale",
+                 "Scale those features like the others (values in other units, such as a rate below 0.1, or a "
+                 "sparse feature that is almost always 0)."),
     "constant": ("info", "are constant over the sampled items",
                  "Drop constant features (they carry no information) or check the step that produced them."),
 }
-_ORDER = ("nonfinite", "unnormalised", "tiny", "constant")
+_ORDER = ("nonfinite", "unnormalised", "tiny", "few-tiny", "constant")
 _LABELS = {
     "nonfinite": "NaN or infinite values",
     "unnormalised": f"Unnormalised (std > {UNNORMALISED_STD:g} or 99th percentile of |x| > {UNNORMALISED_ABS:g})",
     "tiny": f"Tiny scale (image channel std < {TINY_IMAGE_STD:g}, or tabular values all within "
             f"+-{TINY_TABULAR_ABS:g})",
+    "few-tiny": f"Tabular values all within +-{TINY_TABULAR_ABS:g}, in fewer than {TINY_SHARE:.0%} of the "
+                "non-constant features",
     "constant": "Constant",
 }
+
+
+def _few_tiny(report: dict[str, dict]) -> bool:
+    """Whether the tiny-scale flags are a few tabular features only: fewer than TINY_SHARE of the non-constant
+    ones, no image channel. A second normalisation shrinks every feature; a few tiny ones are other units."""
+    tiny = varying = 0
+    for r in report.values():
+        for s in r["channels"]:
+            if "tiny" in s.flags and r["layout"] != "tabular":
+                return False
+            tiny += "tiny" in s.flags
+            varying += "constant" not in s.flags
+    return tiny < TINY_SHARE * varying
 
 
 def _finding(task: Task, report: dict[str, dict], n_seen: int, keyed: bool) -> Finding:
@@ -285,6 +309,8 @@ def _finding(task: Task, report: dict[str, dict], n_seen: int, keyed: bool) -> F
         for s in r["channels"]:
             for flag in s.flags:
                 flagged[flag].append(f"{key}[{s.name}]" if keyed else s.name)
+    if flagged["tiny"] and _few_tiny(report):
+        flagged["few-tiny"], flagged["tiny"] = flagged["tiny"], []
     problems = [flag for flag in _ORDER if flagged[flag]]
     levels = {_PROBLEMS[flag][0] for flag in problems}
     status = next((level for level in ("fail", "warn", "info") if level in levels), "pass")

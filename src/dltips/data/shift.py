@@ -90,7 +90,7 @@ from dltips.core.deadline import Deadline
 from dltips.core.device import resolve_device
 from dltips.core.params import ParamError, int_at_least, one_of
 from dltips.findings import Finding, skipped_for_time
-from dltips.task import Task
+from dltips.task import Task, target_tensor
 
 TIP = "val-test-match"
 ALPHA = 0.001  # per test; two tests, so at most 0.002 family-wise (Bonferroni)
@@ -574,9 +574,9 @@ def _is_pair(data: Dataset) -> bool:
 
 
 def _all_labels(data: Dataset, sampled: torch.Tensor) -> torch.Tensor:
-    if _is_pair(data):
-        return data.tensors[1]
-    return sampled
+    """Every label of `data` when they can be had without reading items (`target_tensor`), else the sampled."""
+    whole = target_tensor(data)
+    return sampled if whole is None else whole
 
 
 def _length(x: Any, name: str) -> int:

@@ -80,7 +80,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset
 
 from dltips.core.checks import check_args, positional_options, task_first
 from dltips.core.deadline import Deadline
@@ -89,7 +89,7 @@ from dltips.core.params import ParamError, callable_or_none, instance, optional_
 from dltips.core.state import eval_mode
 from dltips.findings import Finding
 from dltips.predict import evenly_spaced
-from dltips.task import IGNORE_INDEX, Task
+from dltips.task import IGNORE_INDEX, Task, target_tensor
 
 __all__ = ["UnseenMass", "check_unseen_tokens", "measure_unseen_mass", "token_counts"]
 
@@ -145,7 +145,7 @@ def token_counts(dataset: Dataset, vocab_size: int, max_items: int | None = None
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise ParamError(f"dataset must be a map-style Dataset with __len__ and __getitem__, got {type(dataset).__name__}")
     positions = evenly_spaced(len(dataset), max_items)
-    targets = _target_tensor(dataset)
+    targets = target_tensor(dataset)
     counts = torch.zeros(vocab_size, dtype=torch.long)
     if targets is not None:
         chosen = targets if len(positions) == len(targets) else targets[torch.as_tensor(positions, dtype=torch.long)]
@@ -155,15 +155,6 @@ def token_counts(dataset: Dataset, vocab_size: int, max_items: int | None = None
         if chunk:
             counts += _bincount(torch.cat(chunk), vocab_size, ignore_index)
     return counts
-
-
-def _target_tensor(dataset: Dataset) -> torch.Tensor | None:
-    """All targets of a (Subset of a) two-tensor TensorDataset as one tensor; None for other datasets."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-        return dataset.tensors[1]
-    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset) and len(dataset.dataset.tensors) == 2:
-        return dataset.dataset.tensors[1][torch.as_tensor(dataset.indices, dtype=torch.long)]
-    return None
 
 
 def _bincount(targets: torch.Tensor, vocab_size: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
